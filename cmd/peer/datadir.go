@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/blobsync/blobsync/datastore"
+	"github.com/blobsync/blobsync/p2p"
+	leveldb "github.com/ipfs/go-ds-leveldb"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// layout names the files of a data directory (DESIGN §4).
+type layout string
+
+func (l layout) identity() string  { return filepath.Join(string(l), "identity.key") }
+func (l layout) config() string    { return filepath.Join(string(l), "config.json") }
+func (l layout) socket() string    { return filepath.Join(string(l), "api.sock") }
+func (l layout) datastore() string { return filepath.Join(string(l), "datastore") }
+func (l layout) blobs() string     { return filepath.Join(string(l), "blobs") }
+
+// fileConfig is config.json.
+type fileConfig struct {
+	// Listen lists the multiaddrs the daemon listens on unless --listen is given.
+	Listen []string     `json:"listen"`
+	Limits limitsConfig `json:"limits"`
+}
+
+type limitsConfig struct {
+	// MaxBlobSize is the largest blob this peer fetches, in bytes.
+	MaxBlobSize int64 `json:"max_blob_size"`
+	// InboundStreamsPerPeer bounds the blob streams one peer may have open to us.
+	InboundStreamsPerPeer int `json:"inbound_streams_per_peer"`
+}
+
+func defaultConfig() fileConfig {
+	return fileConfig{
+		Listen: []string{"/ip4/0.0.0.0/tcp/4747", "/ip4/0.0.0.0/udp/4747/quic-v1"},
+		Limits: limitsConfig{MaxBlobSize: 64 << 30, InboundStreamsPerPeer: 32},
+	}
+}
+
+func (c fileConfig) validate() error {
+	if len(c.Listen) == 0 {
+		return errors.New("config: no listen addresses")
+	}
+	if _, err := parseAddrs(c.Listen); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if c.Limits.MaxBlobSize <= 0 {
+		return fmt.Errorf("config: limits.max_blob_size %d must be positive", c.Limits.MaxBlobSize)
+	}
+	if c.Limits.InboundStreamsPerPeer <= 0 {
+		return fmt.Errorf("config: limits.inbound_streams_per_peer %d must be positive", c.Limits.InboundStreamsPerPeer)
+	}
+	return nil
+}
+
+func parseAddrs(ss []string) ([]ma.Multiaddr, error) {
+	out := make([]ma.Multiaddr, 0, len(ss))
+	for _, s := range ss {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("bad multiaddr %q: %v", s, err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// parsePeerAddr parses a multiaddr ending in /p2p/<peer ID>.
+func parsePeerAddr(s string) (peer.AddrInfo, error) {
+	a, err := ma.NewMultiaddr(s)
+	if err != nil {
+		return peer.AddrInfo{}, fmt.Errorf("bad multiaddr %q: %v", s, err)
+	}
+	ai, err := peer.AddrInfoFromP2pAddr(a)
+	if err != nil {
+		return peer.AddrInfo{}, fmt.Errorf("multiaddr %q must end in /p2p/<peer ID>", s)
+	}
+	return *ai, nil
+}
+
+// loadConfig reads config.json, refusing unknown fields and bad values.
+func loadConfig(l layout) (fileConfig, error) {
+	b, err := os.ReadFile(l.config())
+	if errors.Is(err, fs.ErrNotExist) {
+		return fileConfig{}, fmt.Errorf("%s is not initialized: run peer init --data %s", l, l)
+	}
+	if err != nil {
+		return fileConfig{}, err
+	}
+	c := defaultConfig()
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return fileConfig{}, fmt.Errorf("%s: %v", l.config(), err)
+	}
+	if err := c.validate(); err != nil {
+		return fileConfig{}, fmt.Errorf("%s: %w", l.config(), err)
+	}
+	return c, nil
+}
+
+// initDataDir creates what is missing of a data directory and returns the peer
+// ID. It never changes what exists.
+func initDataDir(l layout) (peer.ID, error) {
+	if err := os.MkdirAll(string(l), 0o700); err != nil {
+		return "", err
+	}
+	key, err := p2p.LoadOrCreateIdentity(l.identity())
+	if err != nil {
+		return "", err
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(l.config()); errors.Is(err, fs.ErrNotExist) {
+		b, _ := json.MarshalIndent(defaultConfig(), "", "  ")
+		if err := writeFileAtomic(l.config(), append(b, '\n'), 0o600); err != nil {
+			return "", err
+		}
+	}
+	if _, err := os.Stat(l.datastore()); errors.Is(err, fs.ErrNotExist) {
+		d, err := leveldb.NewDatastore(l.datastore(), nil)
+		if err != nil {
+			return "", fmt.Errorf("datastore: %w", err)
+		}
+		if err := d.Close(); err != nil {
+			return "", fmt.Errorf("datastore: %w", err)
+		}
+	}
+	if _, err := datastore.OpenBlobStore(l.blobs()); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// writeFileAtomic writes data to a temp file, fsyncs and renames it to path.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+func cmdInit(_ context.Context, args []string, e env) error {
+	c := newCommand("init", e)
+	if _, err := c.parse(args, 0, 0); err != nil {
+		return err
+	}
+	id, err := initDataDir(layout(c.dataDir))
+	if err != nil {
+		return fmt.Errorf("init %s: %w", c.dataDir, err)
+	}
+	if c.json {
+		return writeJSON(e.stdout, map[string]string{"id": id.String(), "data": c.dataDir})
+	}
+	fmt.Fprintln(e.stdout, id)
+	return nil
+}
+
+func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

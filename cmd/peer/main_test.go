@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func testEnv(vars map[string]string) (env, *bytes.Buffer, *bytes.Buffer) {
+	var out, errOut bytes.Buffer
+	return env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(k string) string { return vars[k] }}, &out, &errOut
+}
+
+func TestParseAllowsFlagsAnywhere(t *testing.T) {
+	e, _, _ := testEnv(map[string]string{"HOME": "/home/u"})
+	c := newCommand("get", e)
+	var from stringList
+	c.fs.Var(&from, "from", "")
+	o := c.fs.String("o", "", "")
+	pos, err := c.parse([]string{"--from", "A", "REF", "-o", "out", "--from", "B", "--json"}, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(pos, []string{"REF"}) || *o != "out" || !slices.Equal(from, stringList{"A", "B"}) || !c.json {
+		t.Fatalf("pos %v, o %q, from %v, json %v", pos, *o, from, c.json)
+	}
+	if c.dataDir != "/home/u/.blobsync" {
+		t.Fatalf("data dir %q", c.dataDir)
+	}
+	if _, err := newCommand("put", e).parse([]string{"a", "b"}, 1, 1); !errors.Is(err, errUsage) {
+		t.Fatalf("two arguments to a one-argument command: %v", err)
+	}
+	if _, err := newCommand("put", e).parse(nil, 1, 1); !errors.Is(err, errUsage) {
+		t.Fatalf("missing argument: %v", err)
+	}
+	if pos, err := newCommand("put", e).parse([]string{"-"}, 1, 1); err != nil || pos[0] != "-" {
+		t.Fatalf("stdin argument: %v, %v", pos, err)
+	}
+}
+
+func TestResolveDataDir(t *testing.T) {
+	for _, tc := range []struct {
+		flag string
+		vars map[string]string
+		want string
+	}{
+		{"/x", map[string]string{"BLOBSYNC_DATA": "/y", "HOME": "/h"}, "/x"},
+		{"", map[string]string{"BLOBSYNC_DATA": "/y", "HOME": "/h"}, "/y"},
+		{"", map[string]string{"HOME": "/h"}, "/h/.blobsync"},
+	} {
+		got, err := resolveDataDir(tc.flag, func(k string) string { return tc.vars[k] })
+		if err != nil || got != tc.want {
+			t.Errorf("resolveDataDir(%q, %v) = %q, %v; want %q", tc.flag, tc.vars, got, err, tc.want)
+		}
+	}
+	if _, err := resolveDataDir("", func(string) string { return "" }); err == nil {
+		t.Error("no flag, no BLOBSYNC_DATA, no HOME: no error")
+	}
+}
+
+func TestReportExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		code int
+		out  string
+	}{
+		{nil, 0, ""},
+		{errors.New("boom\nsecond line"), 1, "peer: boom; second line\n"},
+		{errUsage, 2, "peer: usage (see peer help)\n"},
+		{&exitError{code: 1}, 1, ""},
+		{&exitError{code: 3, msg: "why"}, 3, "peer: why\n"},
+	} {
+		var buf bytes.Buffer
+		if code := report(tc.err, &buf); code != tc.code || buf.String() != tc.out {
+			t.Errorf("report(%v) = %d, %q; want %d, %q", tc.err, code, buf.String(), tc.code, tc.out)
+		}
+	}
+}
+
+func TestFormatBytes(t *testing.T) {
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 64 << 20: "64.0 MiB", 3 << 40: "3.0 TiB"} {
+		if got := formatBytes(n); got != want {
+			t.Errorf("formatBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// TestDemo runs the README's first command in-process.
+func TestDemo(t *testing.T) {
+	e, out, errOut := testEnv(map[string]string{"HOME": t.TempDir()})
+	if err := run(t.Context(), []string{"demo", "--size", "3000000"}, e); err != nil {
+		t.Fatalf("demo: %v (stderr %s)", err, errOut)
+	}
+	for _, want := range []string{"device  put 2.9 MiB blob bafkr4i", "server  fetched 2.9 MiB", "byte-identical", "demo complete"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	e, _, _ := testEnv(nil)
+	if err := run(t.Context(), []string{"nope"}, e); !errors.Is(err, errUsage) {
+		t.Fatalf("unknown command: %v", err)
+	}
+	if err := run(t.Context(), nil, e); report(err, &bytes.Buffer{}) != 2 {
+		t.Fatalf("no command: %v", err)
+	}
+}

@@ -1,0 +1,300 @@
+package datastore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/blobsync/blobsync/datastore/internal/dspb"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+)
+
+// Key prefixes (DESIGN §4).
+const (
+	signpostPrefix = "/signpost/"
+	blobPrefix     = "/blob/"
+)
+
+// BlobMeta is what this peer records about a blob it holds.
+type BlobMeta struct {
+	Size    int64
+	Public  bool // served to anyone who asks by its BlobRef
+	Created time.Time
+}
+
+// MetaStore keeps signposts and blob metadata on a go-datastore. Updates of
+// one record are serialised (read-modify-write under a per-ref lock), so
+// concurrent merges never lose each other's changes. Bulk updates are written
+// in one batch: go-ds-leveldb fsyncs every single Put.
+type MetaStore struct {
+	ds    ds.Batching
+	seed  maphash.Seed
+	locks [64]sync.Mutex
+}
+
+// NewMetaStore returns a MetaStore on d. It does not close d.
+func NewMetaStore(d ds.Batching) *MetaStore {
+	return &MetaStore{ds: d, seed: maphash.MakeSeed()}
+}
+
+func signpostKey(ref Ref) ds.Key { return ds.RawKey(signpostPrefix + ref.String()) }
+func blobKey(ref Ref) ds.Key     { return ds.RawKey(blobPrefix + ref.String()) }
+
+func (m *MetaStore) stripe(ref Ref) int {
+	return int(maphash.String(m.seed, ref.c.KeyString()) % uint64(len(m.locks)))
+}
+
+// lock locks the stripes of refs in ascending order and returns the unlock.
+func (m *MetaStore) lock(refs ...Ref) func() {
+	idx := make([]int, 0, len(refs))
+	for _, r := range refs {
+		idx = append(idx, m.stripe(r))
+	}
+	slices.Sort(idx)
+	idx = slices.Compact(idx)
+	for _, i := range idx {
+		m.locks[i].Lock()
+	}
+	return func() {
+		for _, i := range idx {
+			m.locks[i].Unlock()
+		}
+	}
+}
+
+// Signpost returns ref's signpost; found is false (and sp zero) if there is none.
+func (m *MetaStore) Signpost(ctx context.Context, ref Ref) (sp Signpost, found bool, err error) {
+	return m.getSignpost(ctx, ref)
+}
+
+func (m *MetaStore) getSignpost(ctx context.Context, ref Ref) (Signpost, bool, error) {
+	b, err := m.ds.Get(ctx, signpostKey(ref))
+	if errors.Is(err, ds.ErrNotFound) {
+		return Signpost{}, false, nil
+	}
+	if err != nil {
+		return Signpost{}, false, fmt.Errorf("signpost %s: %w", ref, err)
+	}
+	sp, err := decodeSignpost(b)
+	if err != nil {
+		return Signpost{}, false, fmt.Errorf("signpost %s: %w", ref, err)
+	}
+	return sp, true, nil
+}
+
+// UpdateSignpost applies fn to ref's signpost (zero if none) and stores the
+// result if fn reports a change. It returns the signpost as stored.
+func (m *MetaStore) UpdateSignpost(ctx context.Context, ref Ref, fn func(*Signpost) bool) (Signpost, error) {
+	unlock := m.lock(ref)
+	defer unlock()
+	sp, _, err := m.getSignpost(ctx, ref)
+	if err != nil {
+		return Signpost{}, err
+	}
+	if !fn(&sp) {
+		return sp, nil
+	}
+	if err := m.ds.Put(ctx, signpostKey(ref), encodeSignpost(sp)); err != nil {
+		return Signpost{}, fmt.Errorf("signpost %s: %w", ref, err)
+	}
+	return sp, nil
+}
+
+// UpdateSignposts applies fn to the signpost of each ref and writes every
+// changed one in a single batch. It returns the refs whose signposts changed.
+func (m *MetaStore) UpdateSignposts(ctx context.Context, refs []Ref, fn func(Ref, *Signpost) bool) ([]Ref, error) {
+	unlock := m.lock(refs...)
+	defer unlock()
+	b, err := m.ds.Batch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var changed []Ref
+	seen := make(map[Ref]bool, len(refs))
+	for _, ref := range refs {
+		if seen[ref] {
+			continue
+		}
+		seen[ref] = true
+		sp, _, err := m.getSignpost(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		if !fn(ref, &sp) {
+			continue
+		}
+		if err := b.Put(ctx, signpostKey(ref), encodeSignpost(sp)); err != nil {
+			return nil, err
+		}
+		changed = append(changed, ref)
+	}
+	if len(changed) == 0 {
+		return nil, nil
+	}
+	if err := b.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("signposts: %w", err)
+	}
+	return changed, nil
+}
+
+// SetFetchAttempts records this peer's fetch attempts for ref.
+func (m *MetaStore) SetFetchAttempts(ctx context.Context, ref Ref, n uint32) error {
+	_, err := m.UpdateSignpost(ctx, ref, func(sp *Signpost) bool {
+		if sp.FetchAttempts == n {
+			return false
+		}
+		sp.FetchAttempts = n
+		return true
+	})
+	return err
+}
+
+// DeleteSignpost removes ref's signpost, if any.
+func (m *MetaStore) DeleteSignpost(ctx context.Context, ref Ref) error {
+	unlock := m.lock(ref)
+	defer unlock()
+	return m.ds.Delete(ctx, signpostKey(ref))
+}
+
+// ForEachSignpost calls fn for every stored signpost until fn returns an error.
+// A record that does not decode is reported, not skipped.
+func (m *MetaStore) ForEachSignpost(ctx context.Context, fn func(Ref, Signpost) error) error {
+	return m.forEach(ctx, signpostPrefix, func(ref Ref, b []byte) error {
+		sp, err := decodeSignpost(b)
+		if err != nil {
+			return fmt.Errorf("signpost %s: %w", ref, err)
+		}
+		return fn(ref, sp)
+	})
+}
+
+func (m *MetaStore) forEach(ctx context.Context, prefix string, fn func(Ref, []byte) error) error {
+	res, err := m.ds.Query(ctx, query.Query{Prefix: prefix})
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+	for e := range res.Next() {
+		if e.Error != nil {
+			return e.Error
+		}
+		ref, err := ParseRef(strings.TrimPrefix(e.Key, prefix))
+		if err != nil {
+			return fmt.Errorf("datastore key %q: %w", e.Key, err)
+		}
+		if err := fn(ref, e.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BlobMeta returns ref's metadata; found is false if there is none.
+func (m *MetaStore) BlobMeta(ctx context.Context, ref Ref) (meta BlobMeta, found bool, err error) {
+	b, err := m.ds.Get(ctx, blobKey(ref))
+	if errors.Is(err, ds.ErrNotFound) {
+		return BlobMeta{}, false, nil
+	}
+	if err != nil {
+		return BlobMeta{}, false, fmt.Errorf("blob metadata %s: %w", ref, err)
+	}
+	meta, err = decodeBlobMeta(b)
+	if err != nil {
+		return BlobMeta{}, false, fmt.Errorf("blob metadata %s: %w", ref, err)
+	}
+	return meta, true, nil
+}
+
+// UpdateBlobMeta applies fn to ref's metadata (zero if none) and stores the
+// result if fn reports a change.
+func (m *MetaStore) UpdateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMeta) bool) (BlobMeta, error) {
+	unlock := m.lock(ref)
+	defer unlock()
+	meta, _, err := m.BlobMeta(ctx, ref)
+	if err != nil {
+		return BlobMeta{}, err
+	}
+	if !fn(&meta) {
+		return meta, nil
+	}
+	if err := m.ds.Put(ctx, blobKey(ref), encodeBlobMeta(meta)); err != nil {
+		return BlobMeta{}, fmt.Errorf("blob metadata %s: %w", ref, err)
+	}
+	return meta, nil
+}
+
+// DeleteBlobMeta removes ref's metadata, if any.
+func (m *MetaStore) DeleteBlobMeta(ctx context.Context, ref Ref) error {
+	unlock := m.lock(ref)
+	defer unlock()
+	return m.ds.Delete(ctx, blobKey(ref))
+}
+
+var errCorrupt = errors.New("corrupt record")
+
+func encodeSignpost(sp Signpost) []byte {
+	p := &dspb.Signpost{SgIds: sp.SgIDs, FetchAttempts: sp.FetchAttempts}
+	for _, l := range sp.Locations {
+		p.Locations = append(p.Locations, &dspb.Location{
+			Peer: []byte(l.Peer), WhenSeenUnixNano: unixNano(l.WhenSeen), IsServer: l.IsServer, IsProxy: l.IsProxy,
+		})
+	}
+	b, err := proto.Marshal(p)
+	if err != nil {
+		panic(fmt.Sprintf("datastore: marshalling a signpost: %v", err)) // cannot happen: plain message
+	}
+	return b
+}
+
+func decodeSignpost(b []byte) (Signpost, error) {
+	var p dspb.Signpost
+	if err := proto.Unmarshal(b, &p); err != nil {
+		return Signpost{}, fmt.Errorf("%w: %v", errCorrupt, err)
+	}
+	sp := Signpost{SgIDs: p.SgIds, FetchAttempts: p.FetchAttempts}
+	for _, l := range p.Locations {
+		sp.Locations = append(sp.Locations, Location{
+			Peer: peer.ID(l.Peer), WhenSeen: fromUnixNano(l.WhenSeenUnixNano), IsServer: l.IsServer, IsProxy: l.IsProxy,
+		})
+	}
+	return sp, nil
+}
+
+func encodeBlobMeta(meta BlobMeta) []byte {
+	b, err := proto.Marshal(&dspb.BlobMeta{Size: uint64(meta.Size), Public: meta.Public, CreatedUnixNano: unixNano(meta.Created)})
+	if err != nil {
+		panic(fmt.Sprintf("datastore: marshalling blob metadata: %v", err)) // cannot happen: plain message
+	}
+	return b
+}
+
+func decodeBlobMeta(b []byte) (BlobMeta, error) {
+	var p dspb.BlobMeta
+	if err := proto.Unmarshal(b, &p); err != nil {
+		return BlobMeta{}, fmt.Errorf("%w: %v", errCorrupt, err)
+	}
+	return BlobMeta{Size: int64(p.Size), Public: p.Public, Created: fromUnixNano(p.CreatedUnixNano)}, nil
+}
+
+// unixNano and fromUnixNano store the zero time as 0 (its UnixNano is undefined).
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}

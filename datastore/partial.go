@@ -1,0 +1,99 @@
+package datastore
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+
+	"lukechampine.com/blake3"
+)
+
+// A Partial is an open partial file: a blob being received, appended to at its
+// end and hashed as it grows. It is not safe for concurrent use.
+type Partial struct {
+	s    *BlobStore
+	ref  Ref
+	path string
+	f    *os.File // nil once ended
+	h    *blake3.Hasher
+	n    int64
+}
+
+// Ref returns the BlobRef the partial file is expected to hash to.
+func (p *Partial) Ref() Ref { return p.ref }
+
+// Size returns how many bytes the partial file holds: the offset to resume from.
+func (p *Partial) Size() int64 { return p.n }
+
+// Write appends b to the partial file.
+func (p *Partial) Write(b []byte) (int, error) {
+	if p.f == nil {
+		return 0, ErrClosed
+	}
+	n, err := p.f.Write(b)
+	p.h.Write(b[:n])
+	p.n += int64(n)
+	return n, err
+}
+
+// Finalize fsyncs the partial file and verifies it against its BlobRef. On a
+// match it becomes a held blob; on a mismatch it is removed and
+// ErrHashMismatch returned. Either way the Partial is ended.
+func (p *Partial) Finalize() (int64, error) {
+	if p.f == nil {
+		return 0, ErrClosed
+	}
+	defer p.end()
+	err := p.f.Sync()
+	if cerr := p.f.Close(); err == nil {
+		err = cerr
+	}
+	p.f = nil
+	if err != nil {
+		return 0, fmt.Errorf("finalize %s: %w", p.ref, err)
+	}
+	want := p.ref.Digest()
+	var got [DigestSize]byte
+	p.h.Sum(got[:0])
+	if !bytes.Equal(got[:], want[:]) {
+		if err := os.Remove(p.path); err != nil {
+			return 0, fmt.Errorf("finalize %s: removing bad partial: %w", p.ref, err)
+		}
+		return 0, fmt.Errorf("blob %s (%d bytes): %w", p.ref, p.n, ErrHashMismatch)
+	}
+	if err := p.s.install(p.path, p.ref); err != nil {
+		return 0, fmt.Errorf("finalize %s: %w", p.ref, err)
+	}
+	return p.n, nil
+}
+
+// Discard removes the partial file and ends the Partial.
+func (p *Partial) Discard() error {
+	if p.f == nil {
+		return ErrClosed
+	}
+	defer p.end()
+	p.f.Close()
+	p.f = nil
+	if err := os.Remove(p.path); err != nil {
+		return fmt.Errorf("discard partial %s: %w", p.ref, err)
+	}
+	return nil
+}
+
+// Close fsyncs and keeps the partial file for a later resume, and ends the
+// Partial. Closing an ended Partial does nothing.
+func (p *Partial) Close() error {
+	if p.f == nil {
+		return nil
+	}
+	defer p.end()
+	err := p.f.Sync()
+	if cerr := p.f.Close(); err == nil {
+		err = cerr
+	}
+	p.f = nil
+	return err
+}
+
+func (p *Partial) end() { p.s.release(p.ref) }

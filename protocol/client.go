@@ -1,0 +1,251 @@
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/blobsync/blobsync/datastore"
+	"github.com/blobsync/blobsync/protocol/pb"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Have is a peer's answer to HaveBlob.
+type Have struct {
+	Held     bool
+	Size     int64              // when Held
+	Signpost datastore.Signpost // when not Held: where the peer thinks it is (validated)
+}
+
+// Progress is called as a transfer moves: done bytes of total held so far.
+type Progress func(done, total int64)
+
+// ClientStats counts what a Client has received.
+type ClientStats struct {
+	BytesReceived int64
+	BlobsFetched  int64 // verified and finalized
+}
+
+// Client makes blob protocol calls from a host.
+type Client struct {
+	h    host.Host
+	cfg  config
+	bufs sync.Pool
+
+	bytesReceived atomic.Int64
+	blobsFetched  atomic.Int64
+}
+
+// NewClient returns a Client calling from h.
+func NewClient(h host.Host, opts ...Option) (*Client, error) {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{h: h, cfg: cfg}
+	c.bufs.New = func() any { b := make([]byte, cfg.bufferSize); return &b }
+	return c, nil
+}
+
+// Stats returns the counters so far.
+func (c *Client) Stats() ClientStats {
+	return ClientStats{BytesReceived: c.bytesReceived.Load(), BlobsFetched: c.blobsFetched.Load()}
+}
+
+// call opens a stream to p, sends req and reads the response header, all
+// within the request timeout. On success the caller owns the stream,
+// positioned at any raw bytes that follow, and must Close or Reset it.
+func (c *Client) call(ctx context.Context, p peer.ID, req *pb.Request) (network.Stream, *pb.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.requestTimeout)
+	defer cancel()
+	st, err := c.h.NewStream(ctx, p, ID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("peer %s: %w", p, err)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	resp, err := exchange(st, req, time.Now().Add(c.cfg.requestTimeout))
+	if !stop() { // ctx ended first and reset the stream
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		st.Reset()
+		return nil, nil, fmt.Errorf("peer %s: %w", p, err)
+	}
+	return st, resp, nil
+}
+
+func exchange(st network.Stream, req *pb.Request, deadline time.Time) (*pb.Response, error) {
+	if err := st.Scope().SetService(ServiceName); err != nil {
+		return nil, err
+	}
+	if err := st.SetDeadline(deadline); err != nil {
+		return nil, err
+	}
+	if err := writeMsg(st, req); err != nil {
+		return nil, fmt.Errorf("sending request: %w", err)
+	}
+	if err := st.CloseWrite(); err != nil {
+		return nil, err
+	}
+	var resp pb.Response
+	if err := readMsg(st, &resp, MaxResponseSize); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// HaveBlob asks p whether it holds ref. A peer that does not, or will not
+// say, answers with its signpost for ref (possibly empty).
+func (c *Client) HaveBlob(ctx context.Context, p peer.ID, ref datastore.Ref) (Have, error) {
+	st, resp, err := c.call(ctx, p, &pb.Request{Op: pb.Op_HAVE_BLOB, Ref: ref.Bytes()})
+	if err != nil {
+		return Have{}, err
+	}
+	st.Close()
+	switch resp.GetStatus() {
+	case pb.Status_OK:
+		if resp.GetSize() > uint64(c.cfg.maxBlobSize) {
+			return Have{}, fmt.Errorf("peer %s: %w: %d bytes", p, ErrTooLarge, resp.GetSize())
+		}
+		return Have{Held: true, Size: int64(resp.GetSize())}, nil
+	case pb.Status_NOT_FOUND:
+		return Have{Signpost: signpostFromWire(resp.GetSignpost(), time.Now())}, nil
+	default:
+		return Have{}, statusError(p, resp)
+	}
+}
+
+// GetBlob asks p for ref from offset and writes the bytes [offset, size) to w.
+// It returns the blob's total size and how many bytes it wrote, also on error
+// (a short stream leaves w holding what arrived, for a later resume).
+func (c *Client) GetBlob(ctx context.Context, p peer.ID, ref datastore.Ref, offset int64, w io.Writer, progress Progress) (size, written int64, err error) {
+	if offset < 0 {
+		return 0, 0, fmt.Errorf("offset %d: %w", offset, ErrOffsetOutOfRange)
+	}
+	st, resp, err := c.call(ctx, p, &pb.Request{Op: pb.Op_GET_BLOB, Ref: ref.Bytes(), Offset: uint64(offset)})
+	if err != nil {
+		return 0, 0, err
+	}
+	if resp.GetStatus() != pb.Status_OK {
+		st.Close()
+		return 0, 0, statusError(p, resp)
+	}
+	total := resp.GetSize()
+	switch {
+	case total > uint64(c.cfg.maxBlobSize):
+		st.Reset()
+		return 0, 0, fmt.Errorf("peer %s: %w: %d bytes", p, ErrTooLarge, total)
+	case uint64(offset) > total || (offset > 0 && uint64(offset) == total):
+		st.Reset()
+		return 0, 0, fmt.Errorf("peer %s: %w: sent data from offset %d of a %d-byte blob", p, ErrProtocol, offset, total)
+	}
+	size = int64(total)
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	written, err = c.receive(st, w, offset, size, progress)
+	if !stop() {
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		st.Reset()
+		return size, written, fmt.Errorf("peer %s: %w", p, err)
+	}
+	st.Close()
+	return size, written, nil
+}
+
+// receive copies the raw bytes [offset, size) from st to w.
+func (c *Client) receive(st network.Stream, w io.Writer, offset, size int64, progress Progress) (int64, error) {
+	if err := st.Scope().ReserveMemory(c.cfg.bufferSize, network.ReservationPriorityAlways); err != nil {
+		return 0, fmt.Errorf("reserving transfer memory: %w", err)
+	}
+	defer st.Scope().ReleaseMemory(c.cfg.bufferSize)
+	bp := c.bufs.Get().(*[]byte)
+	defer c.bufs.Put(bp)
+	buf := *bp
+
+	g := newStallGuard(st, c.cfg)
+	if err := g.arm(time.Now()); err != nil {
+		return 0, err
+	}
+	var written int64
+	remaining := size - offset
+	for remaining > 0 {
+		// Fill the buffer before storing it: yamux hands over one frame (< 64 KiB)
+		// per Read, and every store call is a file write and a hash update.
+		n, rerr := io.ReadFull(g, buf[:min(int64(len(buf)), remaining)])
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return written, fmt.Errorf("storing: %w", err)
+			}
+			written += int64(n)
+			remaining -= int64(n)
+			c.bytesReceived.Add(int64(n))
+			if progress != nil {
+				progress(offset+written, size)
+			}
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			return written, fmt.Errorf("%w: stream ended %d bytes short of the %d announced", ErrProtocol, remaining, size)
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+	return written, nil
+}
+
+// Fetch fetches ref from p into store: it resumes from the partial file's
+// length, verifies the whole blob against ref and finalizes it. A partial file
+// the peer's copy cannot continue (longer than the blob, or a resumed blob
+// that fails verification) is discarded and the blob fetched once more from 0.
+// A peer whose bytes fail verification is named in a *BadDataError.
+func (c *Client) Fetch(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, progress Progress) (int64, error) {
+	size, resumed, err := c.fetchOnce(ctx, p, ref, store, progress)
+	if resumed && (errors.Is(err, datastore.ErrHashMismatch) || errors.Is(err, errPartialTooLong)) {
+		size, _, err = c.fetchOnce(ctx, p, ref, store, progress) // the partial was discarded: start from 0
+	}
+	return size, err
+}
+
+var errPartialTooLong = errors.New("partial file longer than the blob")
+
+// fetchOnce makes one attempt; resumed reports whether it began past byte 0.
+func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, progress Progress) (size int64, resumed bool, err error) {
+	part, err := store.OpenPartial(ref)
+	if err != nil {
+		return 0, false, err
+	}
+	defer part.Close() // keeps what arrived, unless finalized or discarded
+	offset := part.Size()
+	resumed = offset > 0
+	size, _, err = c.GetBlob(ctx, p, ref, offset, part, progress)
+	var oe *OffsetError
+	if errors.As(err, &oe) && resumed {
+		switch {
+		case oe.Size == offset: // every byte is here already; only verification was missing
+			size, err = oe.Size, nil
+		case oe.Size < offset:
+			if derr := part.Discard(); derr != nil {
+				return 0, resumed, derr
+			}
+			return 0, resumed, fmt.Errorf("blob %s: %w (%d > %d bytes); discarded", ref, errPartialTooLong, offset, oe.Size)
+		}
+	}
+	if err != nil {
+		return size, resumed, err
+	}
+	if _, err := part.Finalize(); err != nil {
+		if errors.Is(err, datastore.ErrHashMismatch) {
+			return 0, resumed, &BadDataError{Peer: p, Ref: ref, ResumedAt: offset, ReceivedBytes: size - offset}
+		}
+		return 0, resumed, err
+	}
+	c.blobsFetched.Add(1)
+	return size, resumed, nil
+}

@@ -1,0 +1,263 @@
+package protocol
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/blobsync/blobsync/datastore"
+)
+
+func TestFetchFull(t *testing.T) {
+	for _, quic := range []bool{false, true} {
+		t.Run(map[bool]string{false: "tcp", true: "quic"}[quic], func(t *testing.T) {
+			a := newServing(t, quic)
+			data := randomBytes(t, 8<<20+123)
+			ref := a.put(t, data, true)
+			b := newFetching(t, a.h, quic)
+
+			var lastDone, lastTotal int64
+			n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, func(done, total int64) { lastDone, lastTotal = done, total })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n != int64(len(data)) || lastDone != n || lastTotal != n {
+				t.Fatalf("Fetch = %d (progress %d/%d), want %d", n, lastDone, lastTotal, len(data))
+			}
+			if got := b.held(t, ref); !bytes.Equal(got, data) {
+				t.Fatal("fetched bytes differ")
+			}
+			if datastore.RefOf(b.held(t, ref)) != ref {
+				t.Fatal("fetched blob does not hash to its ref")
+			}
+			if s := a.srv.Stats(); s.BytesSent != n || s.BlobsServed != 1 {
+				t.Fatalf("server stats %+v", s)
+			}
+			if s := b.client.Stats(); s.BytesReceived != n || s.BlobsFetched != 1 {
+				t.Fatalf("client stats %+v", s)
+			}
+			if b.partialSize(t, ref) != -1 {
+				t.Fatal("partial file left after fetch")
+			}
+		})
+	}
+}
+
+func TestFetchResumesFromPartial(t *testing.T) {
+	a := newServing(t, false)
+	data := randomBytes(t, 4<<20)
+	ref := a.put(t, data, true)
+	b := newFetching(t, a.h, false)
+
+	const have = 1<<20 + 7
+	p, err := b.store.OpenPartial(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Write(data[:have])
+	p.Close()
+
+	n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil)
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("Fetch = %d, %v", n, err)
+	}
+	if got := a.srv.Stats().BytesSent; got != int64(len(data)-have) {
+		t.Fatalf("server sent %d bytes; a resume from %d should send %d", got, have, len(data)-have)
+	}
+	if !bytes.Equal(b.held(t, ref), data) {
+		t.Fatal("resumed blob differs")
+	}
+}
+
+func TestFetchCompletePartialOnlyVerifies(t *testing.T) {
+	a := newServing(t, false)
+	data := randomBytes(t, 1<<20)
+	ref := a.put(t, data, true)
+	b := newFetching(t, a.h, false)
+	p, _ := b.store.OpenPartial(ref)
+	p.Write(data) // every byte arrived, but the fetch died before finalizing
+	p.Close()
+
+	if n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil || n != int64(len(data)) {
+		t.Fatalf("Fetch = %d, %v", n, err)
+	}
+	if sent := a.srv.Stats().BytesSent; sent != 0 {
+		t.Fatalf("server sent %d bytes for a complete partial", sent)
+	}
+	if !bytes.Equal(b.held(t, ref), data) {
+		t.Fatal("blob differs")
+	}
+}
+
+func TestFetchPartialLongerThanBlobRestarts(t *testing.T) {
+	a := newServing(t, false)
+	data := randomBytes(t, 1<<20)
+	ref := a.put(t, data, true)
+	b := newFetching(t, a.h, false)
+	p, _ := b.store.OpenPartial(ref)
+	p.Write(append(bytes.Clone(data), "overflow"...))
+	p.Close()
+
+	if n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil || n != int64(len(data)) {
+		t.Fatalf("Fetch = %d, %v", n, err)
+	}
+	if !bytes.Equal(b.held(t, ref), data) {
+		t.Fatal("blob differs")
+	}
+}
+
+func TestFetchCorruptPartialRestartsFromZeroOnce(t *testing.T) {
+	a := newServing(t, false)
+	data := randomBytes(t, 2<<20)
+	ref := a.put(t, data, true)
+	b := newFetching(t, a.h, false)
+	p, _ := b.store.OpenPartial(ref)
+	bad := bytes.Clone(data[:1<<20])
+	bad[100] ^= 1
+	p.Write(bad)
+	p.Close()
+
+	n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil)
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("Fetch = %d, %v", n, err)
+	}
+	if sent := a.srv.Stats().BytesSent; sent != int64(len(data)+len(data)-len(bad)) {
+		t.Fatalf("server sent %d bytes, want the rest (%d) then all (%d)", sent, len(data)-len(bad), len(data))
+	}
+	if !bytes.Equal(b.held(t, ref), data) {
+		t.Fatal("blob differs")
+	}
+}
+
+func TestGetBlobOffsetAtOrPastEndIsAnError(t *testing.T) {
+	a := newServing(t, false)
+	data := randomBytes(t, 1000)
+	ref := a.put(t, data, true)
+	b := newFetching(t, a.h, false)
+	for _, off := range []int64{1000, 1001, 1 << 40} {
+		var w bytes.Buffer
+		_, written, err := b.client.GetBlob(t.Context(), a.h.ID(), ref, off, &w, nil)
+		var oe *OffsetError
+		if !errors.As(err, &oe) || oe.Size != 1000 || !errors.Is(err, ErrOffsetOutOfRange) {
+			t.Fatalf("offset %d: err = %v, want OffsetError with size 1000", off, err)
+		}
+		if written != 0 || w.Len() != 0 {
+			t.Fatalf("offset %d: %d bytes written on error", off, w.Len())
+		}
+	}
+	if _, _, err := b.client.GetBlob(t.Context(), a.h.ID(), ref, -1, &bytes.Buffer{}, nil); !errors.Is(err, ErrOffsetOutOfRange) {
+		t.Fatalf("negative offset: %v", err)
+	}
+	var w bytes.Buffer
+	size, written, err := b.client.GetBlob(t.Context(), a.h.ID(), ref, 999, &w, nil)
+	if err != nil || size != 1000 || written != 1 || w.Bytes()[0] != data[999] {
+		t.Fatalf("last byte: size %d written %d err %v", size, written, err)
+	}
+}
+
+func TestEmptyBlob(t *testing.T) {
+	a := newServing(t, false)
+	ref := a.put(t, nil, true)
+	b := newFetching(t, a.h, false)
+	if n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil || n != 0 {
+		t.Fatalf("Fetch of the empty blob = %d, %v", n, err)
+	}
+	if size, ok, _ := b.store.Has(ref); !ok || size != 0 {
+		t.Fatal("empty blob not held")
+	}
+}
+
+func TestHaveBlob(t *testing.T) {
+	a := newServing(t, false)
+	data := randomBytes(t, 5000)
+	ref := a.put(t, data, true)
+	b := newFetching(t, a.h, false)
+	have, err := b.client.HaveBlob(t.Context(), a.h.ID(), ref)
+	if err != nil || !have.Held || have.Size != 5000 {
+		t.Fatalf("HaveBlob = %+v, %v", have, err)
+	}
+
+	// An absent blob comes with the responder's signpost, validated.
+	absent := datastore.RefOf([]byte("absent"))
+	a.policy.signposts[absent] = datastore.Signpost{
+		Locations: []datastore.Location{{Peer: b.h.ID(), WhenSeen: t0, IsServer: true}},
+		SgIDs:     []string{"/blobsync/sg/photos"},
+	}
+	have, err = b.client.HaveBlob(t.Context(), a.h.ID(), absent)
+	if err != nil || have.Held {
+		t.Fatalf("HaveBlob(absent) = %+v, %v", have, err)
+	}
+	sp := have.Signpost
+	if len(sp.Locations) != 1 || sp.Locations[0].Peer != b.h.ID() || !sp.Locations[0].IsServer ||
+		!sp.Locations[0].WhenSeen.Equal(t0) || len(sp.SgIDs) != 1 || sp.FetchAttempts != 0 {
+		t.Fatalf("signpost = %+v", sp)
+	}
+}
+
+func TestServerCloseResetsTransfers(t *testing.T) {
+	a := newServing(t, false, BufferSize(4<<10))
+	ref := a.put(t, randomBytes(t, 64<<20), true)
+	b := newFetching(t, a.h, false)
+	started := make(chan struct{})
+	var once bool
+	errc := make(chan error, 1)
+	go func() {
+		_, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, func(done, _ int64) {
+			if !once {
+				once = true
+				close(started)
+			}
+		})
+		errc <- err
+	}()
+	<-started
+	a.srv.Close() // returns only when the handler has returned
+	if err := <-errc; err == nil {
+		t.Fatal("fetch succeeded although the server closed mid-transfer")
+	}
+	if n := b.partialSize(t, ref); n <= 0 || n >= 64<<20 {
+		t.Fatalf("partial holds %d bytes; want what arrived before the reset", n)
+	}
+	// A closed server refuses new streams.
+	if _, err := b.client.HaveBlob(t.Context(), a.h.ID(), ref); err == nil {
+		t.Fatal("HaveBlob answered by a closed server")
+	}
+}
+
+func TestFetchCancelledKeepsPartial(t *testing.T) {
+	a := newServing(t, false, BufferSize(4<<10))
+	data := randomBytes(t, 32<<20)
+	ref := a.put(t, data, true)
+	b := newFetching(t, a.h, false)
+	ctx, cancel := context.WithCancel(t.Context())
+	_, err := b.client.Fetch(ctx, a.h.ID(), ref, b.store, func(done, _ int64) {
+		if done > 1<<20 {
+			cancel()
+		}
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Fetch after cancel: %v, want context.Canceled", err)
+	}
+	kept := b.partialSize(t, ref)
+	if kept <= 1<<20 {
+		t.Fatalf("partial holds %d bytes", kept)
+	}
+	if _, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b.held(t, ref), data) {
+		t.Fatal("blob differs after resume")
+	}
+	if sent := a.srv.Stats().BytesSent; sent >= int64(len(data))+kept {
+		t.Fatalf("server sent %d bytes: the resume did not start at %d", sent, kept)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for i, o := range []Option{RequestTimeout(0), StallTimeout(0, 1), StallTimeout(1, -1), BufferSize(10), BufferSize(1 << 30), MaxBlobSize(0), Logger(nil)} {
+		if _, err := NewClient(nil, o); err == nil {
+			t.Errorf("option %d accepted", i)
+		}
+	}
+}

@@ -1,0 +1,242 @@
+// Package protocol implements /blobsync/blob/1.0.0, the stream protocol peers
+// use to ask for blobs (HaveBlob) and transfer them with resume (GetBlob).
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/blobsync/blobsync/datastore"
+	"github.com/blobsync/blobsync/protocol/pb"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// ID is the blob protocol's libp2p protocol ID.
+const ID protocol.ID = "/blobsync/blob/1.0.0"
+
+// ServiceName is the resource-manager service that owns blob streams.
+const ServiceName = "blobsync.blob"
+
+// Blobs is where a Server reads the blobs it serves.
+type Blobs interface {
+	// Open opens a held blob; an error wrapping datastore.ErrNotFound if not held.
+	Open(ref datastore.Ref) (*os.File, int64, error)
+}
+
+// Policy decides what a caller may learn. A caller that may not be served a
+// blob gets exactly the answer for an unknown blob.
+type Policy interface {
+	// MayServe reports whether caller may learn that this peer holds ref, and have it.
+	MayServe(ctx context.Context, caller peer.ID, ref datastore.Ref) (bool, error)
+	// VisibleSignpost returns this peer's signpost for ref, filtered to what caller may see.
+	VisibleSignpost(ctx context.Context, caller peer.ID, ref datastore.Ref) (datastore.Signpost, error)
+}
+
+// ServerStats counts what a Server has served.
+type ServerStats struct {
+	BytesSent   int64
+	BlobsServed int64 // GetBlob transfers completed
+}
+
+// Server answers HaveBlob and GetBlob on a host.
+type Server struct {
+	h      host.Host
+	blobs  Blobs
+	policy Policy
+	cfg    config
+	bufs   sync.Pool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+
+	bytesSent   atomic.Int64
+	blobsServed atomic.Int64
+}
+
+// NewServer registers the blob protocol's handler on h.
+func NewServer(h host.Host, blobs Blobs, policy Policy, opts ...Option) (*Server, error) {
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{h: h, blobs: blobs, policy: policy, cfg: cfg}
+	s.bufs.New = func() any { b := make([]byte, cfg.bufferSize); return &b }
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	h.SetStreamHandler(ID, s.handle)
+	return s, nil
+}
+
+// Close removes the handler, resets the streams being served and waits for
+// their handlers to return.
+func (s *Server) Close() error {
+	s.h.RemoveStreamHandler(ID)
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// Stats returns the counters so far.
+func (s *Server) Stats() ServerStats {
+	return ServerStats{BytesSent: s.bytesSent.Load(), BlobsServed: s.blobsServed.Load()}
+}
+
+func (s *Server) handle(st network.Stream) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		st.Reset()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	stop := context.AfterFunc(s.ctx, func() { st.Reset() })
+	defer stop()
+
+	if err := s.handleStream(st); err != nil {
+		s.cfg.log.Debug("blob stream failed", "peer", st.Conn().RemotePeer(), "err", err)
+		st.Reset()
+		return
+	}
+	st.Close()
+}
+
+func (s *Server) handleStream(st network.Stream) error {
+	if err := st.Scope().SetService(ServiceName); err != nil {
+		return fmt.Errorf("attaching to service: %w", err)
+	}
+	if err := st.SetDeadline(time.Now().Add(s.cfg.requestTimeout)); err != nil {
+		return err
+	}
+	var req pb.Request
+	if err := readMsg(st, &req, MaxRequestSize); err != nil {
+		return err
+	}
+	caller := st.Conn().RemotePeer()
+	ref, err := datastore.RefFromBytes(req.GetRef())
+	if err != nil {
+		return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
+	}
+	switch req.GetOp() {
+	case pb.Op_HAVE_BLOB:
+		return writeMsg(st, s.haveBlob(caller, ref))
+	case pb.Op_GET_BLOB:
+		return s.getBlob(st, caller, ref, req.GetOffset())
+	default:
+		return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: fmt.Sprintf("unknown op %d", req.GetOp())})
+	}
+}
+
+// open returns ref's file if caller may have it; (nil, notFound, nil) otherwise.
+func (s *Server) open(caller peer.ID, ref datastore.Ref) (*os.File, int64, *pb.Response) {
+	ok, err := s.policy.MayServe(s.ctx, caller, ref)
+	if err != nil {
+		return nil, 0, s.internal(err)
+	}
+	if !ok {
+		return nil, 0, nil
+	}
+	f, size, err := s.blobs.Open(ref)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, s.internal(err)
+	}
+	return f, size, nil
+}
+
+func (s *Server) haveBlob(caller peer.ID, ref datastore.Ref) *pb.Response {
+	f, size, fail := s.open(caller, ref)
+	if fail != nil {
+		return fail
+	}
+	if f != nil {
+		f.Close()
+		return &pb.Response{Status: pb.Status_OK, Size: uint64(size)}
+	}
+	return s.notFound(caller, ref)
+}
+
+// notFound is the one answer for unknown blobs and blobs the caller may not have.
+func (s *Server) notFound(caller peer.ID, ref datastore.Ref) *pb.Response {
+	sp, err := s.policy.VisibleSignpost(s.ctx, caller, ref)
+	if err != nil {
+		return s.internal(err)
+	}
+	return &pb.Response{Status: pb.Status_NOT_FOUND, Signpost: signpostToWire(sp)}
+}
+
+func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, offset uint64) error {
+	f, size, fail := s.open(caller, ref)
+	if fail != nil {
+		return writeMsg(st, fail)
+	}
+	if f == nil {
+		return writeMsg(st, &pb.Response{Status: pb.Status_NOT_FOUND})
+	}
+	defer f.Close()
+	if offset > 0 && offset >= uint64(size) {
+		return writeMsg(st, &pb.Response{Status: pb.Status_OFFSET_OUT_OF_RANGE, Size: uint64(size)})
+	}
+	if err := st.Scope().ReserveMemory(s.cfg.bufferSize, network.ReservationPriorityMedium); err != nil {
+		return writeMsg(st, &pb.Response{Status: pb.Status_BUSY, Message: "out of memory for transfers"})
+	}
+	defer st.Scope().ReleaseMemory(s.cfg.bufferSize)
+	if err := writeMsg(st, &pb.Response{Status: pb.Status_OK, Size: uint64(size)}); err != nil {
+		return err
+	}
+
+	bp := s.bufs.Get().(*[]byte)
+	defer s.bufs.Put(bp)
+	g := newStallGuard(st, s.cfg)
+	if err := g.arm(time.Now()); err != nil {
+		return err
+	}
+	want := size - int64(offset)
+	src := io.NewSectionReader(f, int64(offset), want)
+	var sent int64
+	for {
+		n, rerr := src.Read(*bp)
+		if n > 0 {
+			if _, err := g.Write((*bp)[:n]); err != nil {
+				return fmt.Errorf("sending %s: %w", ref, err)
+			}
+			sent += int64(n)
+			s.bytesSent.Add(int64(n))
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("reading %s: %w", ref, rerr)
+		}
+	}
+	if sent != want {
+		// Reset, so the caller sees a short stream rather than a short blob.
+		return fmt.Errorf("reading %s: %d of %d bytes: the file shrank while served", ref, sent, want)
+	}
+	s.blobsServed.Add(1)
+	return nil
+}
+
+// internal logs err and answers INTERNAL without local details (paths).
+func (s *Server) internal(err error) *pb.Response {
+	s.cfg.log.Warn("blob protocol: serving failed", "err", err)
+	return &pb.Response{Status: pb.Status_INTERNAL, Message: "internal error"}
+}
