@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"unicode"
 )
 
 // SyncgroupPrefix begins every syncgroup ID: a syncgroup ID is the libp2p
@@ -18,10 +17,11 @@ const MaxSyncgroupIDLen = 200
 var ErrBadSyncgroupID = errors.New("malformed syncgroup ID")
 
 // CheckSyncgroupID reports whether id is a well-formed syncgroup ID:
-// SyncgroupPrefix then a non-empty name of printable, non-space characters.
+// SyncgroupPrefix then a name of letters, digits, '.', '_' and '-'. (No '/':
+// the ID is a path component of datastore keys.)
 func CheckSyncgroupID(id string) error {
 	if !strings.HasPrefix(id, SyncgroupPrefix) {
-		return fmt.Errorf("%w: %q does not begin with %s", ErrBadSyncgroupID, id, SyncgroupPrefix)
+		return fmt.Errorf("%w: %q does not begin with %s", ErrBadSyncgroupID, sanitizeID(id), SyncgroupPrefix)
 	}
 	name := id[len(SyncgroupPrefix):]
 	switch {
@@ -29,8 +29,20 @@ func CheckSyncgroupID(id string) error {
 		return fmt.Errorf("%w: %q has no name after %s", ErrBadSyncgroupID, id, SyncgroupPrefix)
 	case len(id) > MaxSyncgroupIDLen:
 		return fmt.Errorf("%w: %d bytes is longer than %d", ErrBadSyncgroupID, len(id), MaxSyncgroupIDLen)
-	case strings.IndexFunc(name, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }) >= 0:
-		return fmt.Errorf("%w: %q has spaces or unprintable characters", ErrBadSyncgroupID, id)
+	case strings.IndexFunc(name, func(r rune) bool { return !validNameRune(r) }) >= 0:
+		return fmt.Errorf("%w: %q: the name may hold only letters, digits, '.', '_' and '-'", ErrBadSyncgroupID, sanitizeID(id))
 	}
 	return nil
+}
+
+func validNameRune(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+}
+
+// sanitizeID shortens a rejected ID for an error message.
+func sanitizeID(id string) string {
+	if len(id) > 80 {
+		return id[:80] + "…"
+	}
+	return id
 }

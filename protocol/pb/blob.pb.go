@@ -84,6 +84,8 @@ const (
 	Status_OFFSET_OUT_OF_RANGE Status = 4 // offset >= size (offset 0 is always valid); size is set
 	Status_BUSY                Status = 5 // responder out of resources; try later or elsewhere
 	Status_INTERNAL            Status = 6 // responder failed to read its own copy
+	Status_FORBIDDEN           Status = 7 // syncgroup traffic from a peer that is not a member
+	Status_REFUSED             Status = 8 // a join the syncgroup's ACL does not admit
 )
 
 // Enum value maps for Status.
@@ -96,6 +98,8 @@ var (
 		4: "OFFSET_OUT_OF_RANGE",
 		5: "BUSY",
 		6: "INTERNAL",
+		7: "FORBIDDEN",
+		8: "REFUSED",
 	}
 	Status_value = map[string]int32{
 		"STATUS_UNSPECIFIED":  0,
@@ -105,6 +109,8 @@ var (
 		"OFFSET_OUT_OF_RANGE": 4,
 		"BUSY":                5,
 		"INTERNAL":            6,
+		"FORBIDDEN":           7,
+		"REFUSED":             8,
 	}
 )
 
@@ -410,7 +416,7 @@ const file_blob_proto_rawDesc = "" +
 	"\x02Op\x12\x12\n" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tHAVE_BLOB\x10\x01\x12\f\n" +
-	"\bGET_BLOB\x10\x02*y\n" +
+	"\bGET_BLOB\x10\x02*\x95\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n" +
 	"\x02OK\x10\x01\x12\r\n" +
@@ -418,7 +424,9 @@ const file_blob_proto_rawDesc = "" +
 	"\vBAD_REQUEST\x10\x03\x12\x17\n" +
 	"\x13OFFSET_OUT_OF_RANGE\x10\x04\x12\b\n" +
 	"\x04BUSY\x10\x05\x12\f\n" +
-	"\bINTERNAL\x10\x06B*Z(github.com/blobsync/blobsync/protocol/pbb\x06proto3"
+	"\bINTERNAL\x10\x06\x12\r\n" +
+	"\tFORBIDDEN\x10\a\x12\v\n" +
+	"\aREFUSED\x10\bB*Z(github.com/blobsync/blobsync/protocol/pbb\x06proto3"
 
 var (
 	file_blob_proto_rawDescOnce sync.Once

@@ -212,6 +212,297 @@ func (x *BlobMeta) GetCreatedUnixNano() int64 {
 	return 0
 }
 
+// /sg/<sgid>: a syncgroup this peer belongs to.
+type Group struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Creator         []byte                 `protobuf:"bytes,2,opt,name=creator,proto3" json:"creator,omitempty"`
+	Open            bool                   `protobuf:"varint,3,opt,name=open,proto3" json:"open,omitempty"`
+	Allow           [][]byte               `protobuf:"bytes,4,rep,name=allow,proto3" json:"allow,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,5,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	MyRole          uint32                 `protobuf:"varint,6,opt,name=my_role,json=myRole,proto3" json:"my_role,omitempty"`
+	Members         []*Member              `protobuf:"bytes,7,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Group) Reset() {
+	*x = Group{}
+	mi := &file_meta_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Group) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Group) ProtoMessage() {}
+
+func (x *Group) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Group.ProtoReflect.Descriptor instead.
+func (*Group) Descriptor() ([]byte, []int) {
+	return file_meta_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Group) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Group) GetCreator() []byte {
+	if x != nil {
+		return x.Creator
+	}
+	return nil
+}
+
+func (x *Group) GetOpen() bool {
+	if x != nil {
+		return x.Open
+	}
+	return false
+}
+
+func (x *Group) GetAllow() [][]byte {
+	if x != nil {
+		return x.Allow
+	}
+	return nil
+}
+
+func (x *Group) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *Group) GetMyRole() uint32 {
+	if x != nil {
+		return x.MyRole
+	}
+	return 0
+}
+
+func (x *Group) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type Member struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Peer          []byte                 `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	Role          uint32                 `protobuf:"varint,2,opt,name=role,proto3" json:"role,omitempty"`
+	Addrs         [][]byte               `protobuf:"bytes,3,rep,name=addrs,proto3" json:"addrs,omitempty"`
+	SinceUnixNano int64                  `protobuf:"varint,4,opt,name=since_unix_nano,json=sinceUnixNano,proto3" json:"since_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_meta_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_meta_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Member) GetPeer() []byte {
+	if x != nil {
+		return x.Peer
+	}
+	return nil
+}
+
+func (x *Member) GetRole() uint32 {
+	if x != nil {
+		return x.Role
+	}
+	return 0
+}
+
+func (x *Member) GetAddrs() [][]byte {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
+}
+
+func (x *Member) GetSinceUnixNano() int64 {
+	if x != nil {
+		return x.SinceUnixNano
+	}
+	return 0
+}
+
+// /sglog/<sgid>/<origin>/<seq>: one announcement, authored by origin.
+type LogEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Origin        []byte                 `protobuf:"bytes,1,opt,name=origin,proto3" json:"origin,omitempty"`
+	Seq           uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,3,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	BlobRef       []byte                 `protobuf:"bytes,4,opt,name=blob_ref,json=blobRef,proto3" json:"blob_ref,omitempty"`          // a blob announcement: the BlobRef…
+	BlobHolder    []byte                 `protobuf:"bytes,5,opt,name=blob_holder,json=blobHolder,proto3" json:"blob_holder,omitempty"` // …and the peer believed to hold it
+	Member        *Member                `protobuf:"bytes,6,opt,name=member,proto3" json:"member,omitempty"`                           // a member announcement (joined, or changed role or addresses)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogEntry) Reset() {
+	*x = LogEntry{}
+	mi := &file_meta_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogEntry) ProtoMessage() {}
+
+func (x *LogEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogEntry.ProtoReflect.Descriptor instead.
+func (*LogEntry) Descriptor() ([]byte, []int) {
+	return file_meta_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *LogEntry) GetOrigin() []byte {
+	if x != nil {
+		return x.Origin
+	}
+	return nil
+}
+
+func (x *LogEntry) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *LogEntry) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *LogEntry) GetBlobRef() []byte {
+	if x != nil {
+		return x.BlobRef
+	}
+	return nil
+}
+
+func (x *LogEntry) GetBlobHolder() []byte {
+	if x != nil {
+		return x.BlobHolder
+	}
+	return nil
+}
+
+func (x *LogEntry) GetMember() *Member {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
+// /watermark/<sgid>/<origin>: how far this peer holds origin's entries.
+type Watermark struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Watermark) Reset() {
+	*x = Watermark{}
+	mi := &file_meta_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Watermark) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Watermark) ProtoMessage() {}
+
+func (x *Watermark) ProtoReflect() protoreflect.Message {
+	mi := &file_meta_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Watermark.ProtoReflect.Descriptor instead.
+func (*Watermark) Descriptor() ([]byte, []int) {
+	return file_meta_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Watermark) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 var File_meta_proto protoreflect.FileDescriptor
 
 const file_meta_proto_rawDesc = "" +
@@ -230,7 +521,30 @@ const file_meta_proto_rawDesc = "" +
 	"\bBlobMeta\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x04R\x04size\x12\x16\n" +
 	"\x06public\x18\x02 \x01(\bR\x06public\x12*\n" +
-	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNanoB6Z4github.com/blobsync/blobsync/datastore/internal/dspbb\x06proto3"
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\xd6\x01\n" +
+	"\x05Group\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\acreator\x18\x02 \x01(\fR\acreator\x12\x12\n" +
+	"\x04open\x18\x03 \x01(\bR\x04open\x12\x14\n" +
+	"\x05allow\x18\x04 \x03(\fR\x05allow\x12*\n" +
+	"\x11created_unix_nano\x18\x05 \x01(\x03R\x0fcreatedUnixNano\x12\x17\n" +
+	"\amy_role\x18\x06 \x01(\rR\x06myRole\x124\n" +
+	"\amembers\x18\a \x03(\v2\x1a.blobsync.datastore.MemberR\amembers\"n\n" +
+	"\x06Member\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\fR\x04peer\x12\x12\n" +
+	"\x04role\x18\x02 \x01(\rR\x04role\x12\x14\n" +
+	"\x05addrs\x18\x03 \x03(\fR\x05addrs\x12&\n" +
+	"\x0fsince_unix_nano\x18\x04 \x01(\x03R\rsinceUnixNano\"\xca\x01\n" +
+	"\bLogEntry\x12\x16\n" +
+	"\x06origin\x18\x01 \x01(\fR\x06origin\x12\x10\n" +
+	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12$\n" +
+	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\x12\x19\n" +
+	"\bblob_ref\x18\x04 \x01(\fR\ablobRef\x12\x1f\n" +
+	"\vblob_holder\x18\x05 \x01(\fR\n" +
+	"blobHolder\x122\n" +
+	"\x06member\x18\x06 \x01(\v2\x1a.blobsync.datastore.MemberR\x06member\"\x1d\n" +
+	"\tWatermark\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seqB6Z4github.com/blobsync/blobsync/datastore/internal/dspbb\x06proto3"
 
 var (
 	file_meta_proto_rawDescOnce sync.Once
@@ -244,19 +558,25 @@ func file_meta_proto_rawDescGZIP() []byte {
 	return file_meta_proto_rawDescData
 }
 
-var file_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_meta_proto_goTypes = []any{
-	(*Location)(nil), // 0: blobsync.datastore.Location
-	(*Signpost)(nil), // 1: blobsync.datastore.Signpost
-	(*BlobMeta)(nil), // 2: blobsync.datastore.BlobMeta
+	(*Location)(nil),  // 0: blobsync.datastore.Location
+	(*Signpost)(nil),  // 1: blobsync.datastore.Signpost
+	(*BlobMeta)(nil),  // 2: blobsync.datastore.BlobMeta
+	(*Group)(nil),     // 3: blobsync.datastore.Group
+	(*Member)(nil),    // 4: blobsync.datastore.Member
+	(*LogEntry)(nil),  // 5: blobsync.datastore.LogEntry
+	(*Watermark)(nil), // 6: blobsync.datastore.Watermark
 }
 var file_meta_proto_depIdxs = []int32{
 	0, // 0: blobsync.datastore.Signpost.locations:type_name -> blobsync.datastore.Location
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4, // 1: blobsync.datastore.Group.members:type_name -> blobsync.datastore.Member
+	4, // 2: blobsync.datastore.LogEntry.member:type_name -> blobsync.datastore.Member
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_meta_proto_init() }
@@ -270,7 +590,7 @@ func file_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meta_proto_rawDesc), len(file_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
