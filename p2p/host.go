@@ -29,6 +29,7 @@ type ProtocolLimit struct {
 type config struct {
 	listen    []ma.Multiaddr
 	limits    map[protocol.ID]ProtocolLimit
+	services  map[string]ProtocolLimit
 	connLow   int
 	connHigh  int
 	userAgent string
@@ -63,6 +64,18 @@ func WithProtocolLimit(id protocol.ID, l ProtocolLimit) Option {
 	}
 }
 
+// WithServiceLimit sets the resource-manager limits of a service: the streams
+// attached to it with Scope().SetService(name), over any protocols.
+func WithServiceLimit(name string, l ProtocolLimit) Option {
+	return func(c *config) error {
+		if l.InboundStreamsPerPeer <= 0 || l.InboundStreams < l.InboundStreamsPerPeer || l.MemoryPerPeer <= 0 || l.Memory < l.MemoryPerPeer {
+			return fmt.Errorf("p2p: limits for service %s are inconsistent: %+v", name, l)
+		}
+		c.services[name] = l
+		return nil
+	}
+}
+
 // ConnectionLimits sets the connection manager's watermarks (default 100, 400):
 // above high, connections are trimmed down to low.
 func ConnectionLimits(low, high int) Option {
@@ -84,7 +97,7 @@ func UserAgent(ua string) Option {
 // (preferred) and Noise, yamux, a connection manager and a resource manager
 // with the configured protocol limits. No relays, no NAT port mapping.
 func New(key crypto.PrivKey, opts ...Option) (host.Host, error) {
-	c := config{limits: map[protocol.ID]ProtocolLimit{}, connLow: 100, connHigh: 400, userAgent: "blobsync"}
+	c := config{limits: map[protocol.ID]ProtocolLimit{}, services: map[string]ProtocolLimit{}, connLow: 100, connHigh: 400, userAgent: "blobsync"}
 	for _, a := range DefaultListenAddrs {
 		c.listen = append(c.listen, ma.StringCast(a))
 	}
@@ -103,6 +116,16 @@ func New(key crypto.PrivKey, opts ...Option) (host.Host, error) {
 			rcmgr.BaseLimit{StreamsInbound: l.InboundStreams, StreamsOutbound: 4 * l.InboundStreams, Streams: 5 * l.InboundStreams, Memory: l.Memory},
 			rcmgr.BaseLimitIncrease{})
 		limits.AddProtocolPeerLimit(id,
+			rcmgr.BaseLimit{StreamsInbound: l.InboundStreamsPerPeer, StreamsOutbound: 4 * l.InboundStreamsPerPeer, Streams: 5 * l.InboundStreamsPerPeer, Memory: l.MemoryPerPeer},
+			rcmgr.BaseLimitIncrease{})
+	}
+	limits.ServiceLimits = maps.Clone(limits.ServiceLimits)
+	limits.ServicePeerLimits = maps.Clone(limits.ServicePeerLimits)
+	for name, l := range c.services {
+		limits.AddServiceLimit(name,
+			rcmgr.BaseLimit{StreamsInbound: l.InboundStreams, StreamsOutbound: 4 * l.InboundStreams, Streams: 5 * l.InboundStreams, Memory: l.Memory},
+			rcmgr.BaseLimitIncrease{})
+		limits.AddServicePeerLimit(name,
 			rcmgr.BaseLimit{StreamsInbound: l.InboundStreamsPerPeer, StreamsOutbound: 4 * l.InboundStreamsPerPeer, Streams: 5 * l.InboundStreamsPerPeer, Memory: l.MemoryPerPeer},
 			rcmgr.BaseLimitIncrease{})
 	}

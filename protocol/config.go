@@ -37,7 +37,7 @@ func defaultConfig() config {
 	}
 }
 
-// Option configures a Server or a Client.
+// Option configures a Server, Client, SgServer or SgClient.
 type Option func(*config)
 
 // RequestTimeout bounds opening a stream and exchanging request and response

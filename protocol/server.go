@@ -1,5 +1,6 @@
-// Package protocol implements /blobsync/blob/1.0.0, the stream protocol peers
-// use to ask for blobs (HaveBlob) and transfer them with resume (GetBlob).
+// Package protocol implements blobsync's wire protocols: /blobsync/blob/1.0.0,
+// with which peers ask for blobs (HaveBlob) and transfer them with resume
+// (GetBlob), and each syncgroup's own protocol (Join, Members, Pull, Announce).
 package protocol
 
 import (

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/blobsync/blobsync/datastore"
+	"github.com/blobsync/blobsync/protocol"
 	ds "github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -24,6 +25,7 @@ type network struct {
 	offline  map[peer.ID]bool
 	addrs    map[peer.ID]ma.Multiaddr // where each peer "listens"
 	calls    map[string]int           // "announce", "pull", "join"
+	batches  []int                    // sizes of announces that carried blob entries
 }
 
 var errOffline = errors.New("peer offline")
@@ -75,9 +77,17 @@ func (t transport) Pull(ctx context.Context, p peer.ID, id string, since map[pee
 }
 
 func (t transport) Announce(ctx context.Context, p peer.ID, id string, entries []datastore.LogEntry) (int, error) {
+	if len(entries) > protocol.MaxAnnounceEntries {
+		return 0, fmt.Errorf("%w: %d entries", protocol.ErrBadRequest, len(entries)) // as protocol.SgClient does
+	}
 	m, err := t.n.target("announce", t.self, p)
 	if err != nil {
 		return 0, err
+	}
+	if len(entries) > 0 && entries[0].Blob != nil {
+		t.n.mu.Lock()
+		t.n.batches = append(t.n.batches, len(entries))
+		t.n.mu.Unlock()
 	}
 	return m.HandleAnnounce(ctx, id, t.self, entries)
 }

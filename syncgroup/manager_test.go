@@ -323,3 +323,23 @@ func TestRestartOnNewAddressAnnouncesIt(t *testing.T) {
 		return ok && len(mb.Addrs) == 1 && mb.Addrs[0].Equal(moved)
 	})
 }
+
+func TestLargeAnnouncementIsPushedInBatches(t *testing.T) {
+	n := newNetwork()
+	a, b := n.add(t), n.add(t)
+	a.m.Create(t.Context(), sg, datastore.ACL{Open: true}, datastore.RoleNormal)
+	b.m.Join(t.Context(), sg, a.id, datastore.RoleNormal)
+	var anns []datastore.BlobAnnouncement
+	for i := range 2*protocol.MaxAnnounceEntries + 1 {
+		anns = append(anns, datastore.BlobAnnouncement{Ref: ref(i), Holder: a.id})
+	}
+	if err := a.m.Announce(t.Context(), sg, anns); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b to hold all", func() bool { return b.signpost(t, ref(2*protocol.MaxAnnounceEntries)).HasSyncgroup(sg) })
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if want := []int{protocol.MaxAnnounceEntries, protocol.MaxAnnounceEntries, 1}; !slices.Equal(n.batches, want) {
+		t.Fatalf("pushed batches %v, want %v", n.batches, want)
+	}
+}

@@ -2,6 +2,7 @@ package syncgroup
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/blobsync/blobsync/datastore"
@@ -34,10 +35,14 @@ func (m *Manager) pushAsync(id string, rec *datastore.Group, entries []datastore
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				ctx, cancel := context.WithTimeout(m.ctx, m.cfg.PushTimeout)
-				defer cancel()
-				if _, err := m.tr.Announce(ctx, p, id, entries); err != nil {
-					m.cfg.Log.Debug("syncgroup: push failed; the member will pull", "sg", id, "peer", p, "err", err)
+				for chunk := range slices.Chunk(entries, protocol.MaxAnnounceEntries) {
+					ctx, cancel := context.WithTimeout(m.ctx, m.cfg.PushTimeout)
+					_, err := m.tr.Announce(ctx, p, id, chunk)
+					cancel()
+					if err != nil {
+						m.cfg.Log.Debug("syncgroup: push failed; the member will pull", "sg", id, "peer", p, "err", err)
+						return
+					}
 				}
 			})
 		}

@@ -83,6 +83,10 @@ func (a *api) routes() http.Handler {
 	mux.HandleFunc("GET /v1/blob/{ref}", a.blob)
 	mux.HandleFunc("POST /v1/fetch", a.fetch)
 	mux.HandleFunc("GET /v1/status", a.status)
+	mux.HandleFunc("POST /v1/sg/create", a.sgCreate)
+	mux.HandleFunc("POST /v1/sg/join", a.sgJoin)
+	mux.HandleFunc("GET /v1/sg", a.sgList)
+	mux.HandleFunc("GET /v1/sg/members", a.sgMembers)
 	return mux
 }
 
@@ -131,13 +135,22 @@ func (a *api) put(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, fmt.Errorf("public=%q is not a boolean", r.URL.Query().Get("public")))
 		return
 	}
-	ref, size, err := a.node.Put(r.Context(), r.Body, blobsync.PutOptions{Public: public})
+	sgs := r.URL.Query()["sg"]
+	ref, size, err := a.node.Put(r.Context(), r.Body, blobsync.PutOptions{Public: public, Syncgroups: sgs})
 	if err != nil {
-		fail(w, http.StatusInternalServerError, err)
+		fail(w, putStatus(err), err)
 		return
 	}
-	a.log.Info("blob put", "ref", ref, "size", size, "public", public)
+	a.log.Info("blob put", "ref", ref, "size", size, "public", public, "sg", sgs)
 	reply(w, putResponse{Ref: ref, Size: size})
+}
+
+// putStatus maps a put error to an HTTP status: the caller's mistakes are 4xx.
+func putStatus(err error) int {
+	if errors.Is(err, datastore.ErrBadSyncgroupID) || errors.Is(err, protocol.ErrUnknownSyncgroup) {
+		return sgStatus(err)
+	}
+	return http.StatusInternalServerError
 }
 
 func (a *api) has(w http.ResponseWriter, r *http.Request) {

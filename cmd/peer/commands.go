@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"strconv"
 	"text/tabwriter"
@@ -37,9 +38,18 @@ func cmdID(ctx context.Context, args []string, e env) error {
 func cmdPut(ctx context.Context, args []string, e env) error {
 	c := newCommand("put", e)
 	public := c.fs.Bool("public", false, "serve the blob to anyone who asks by its BlobRef")
+	var sgs stringList
+	c.fs.Var(&sgs, "sg", "announce the blob in this syncgroup (repeatable)")
 	pos, err := c.parse(args, 1, 1)
 	if err != nil {
 		return err
+	}
+	query := url.Values{"public": {strconv.FormatBool(*public)}}
+	for _, sg := range sgs {
+		if err := checkSgID(sg); err != nil {
+			return err
+		}
+		query.Add("sg", sg)
 	}
 	in, size := e.stdin, int64(-1)
 	if pos[0] != "-" {
@@ -61,7 +71,7 @@ func cmdPut(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	resp, err := cl.do(ctx, "POST", "/v1/put?public="+strconv.FormatBool(*public), in, size)
+	resp, err := cl.do(ctx, "POST", "/v1/put?"+query.Encode(), in, size)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", pos[0], err)
 	}
@@ -186,3 +196,5 @@ func formatBytes(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
+
+func queryEscape(s string) string { return url.QueryEscape(s) }

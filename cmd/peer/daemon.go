@@ -115,6 +115,12 @@ func openNode(l layout, listen []string, log *slog.Logger) (*runningNode, error)
 			MemoryPerPeer:         int64(perPeer) * protocol.DefaultBufferSize,
 			Memory:                16 * int64(perPeer) * protocol.DefaultBufferSize,
 		}),
+		p2p.WithServiceLimit(protocol.SgServiceName, p2p.ProtocolLimit{
+			InboundStreamsPerPeer: perPeer,
+			InboundStreams:        16 * perPeer,
+			MemoryPerPeer:         2 * protocol.MaxSgFrameSize,
+			Memory:                16 * protocol.MaxSgFrameSize,
+		}),
 		p2p.UserAgent("blobsync-peer"),
 	)
 	if err != nil {

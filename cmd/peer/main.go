@@ -21,9 +21,18 @@ Commands:
   init                         create identity and datastore; print the peer ID
   daemon [--listen MA]...      run the node until SIGINT or SIGTERM
   id                           peer ID and listen addresses
-  put FILE [--public]          store a blob and print its BlobRef (FILE - is stdin)
+  put FILE [--public] [--sg SGID]...
+                               store a blob and print its BlobRef (FILE - is stdin);
+                               announce it in the syncgroups given
+  sg create SGID [--role R] (--open | --allow PEERID,...)
+                               create a syncgroup; R is server, normal (default) or leaf
+  sg join SGID --via MA [--role R]
+                               join a syncgroup through a member
+  sg ls                        syncgroups this peer belongs to
+  sg members SGID              a syncgroup's members and roles
   get REF [-o FILE] [--from MA]...
                                write a blob to FILE or stdout, fetching it if absent
+                               (from the peers given, else where its signpost points)
   has REF                      exit 0 and print the size if held here, exit 1 if not
   ls                           blobs held here
   status                       peers, blobs, transfers
@@ -101,6 +110,8 @@ func run(ctx context.Context, args []string, e env) error {
 		return cmdLs(ctx, rest, e)
 	case "status":
 		return cmdStatus(ctx, rest, e)
+	case "sg":
+		return cmdSg(ctx, rest, e)
 	case "demo":
 		return cmdDemo(ctx, rest, e)
 	case "help", "-h", "--help":

@@ -1,0 +1,97 @@
+package blobsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/blobsync/blobsync/datastore"
+	"github.com/blobsync/blobsync/protocol"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// maxLocateAttempts bounds the peers one Fetch asks.
+const maxLocateAttempts = 16
+
+// FetchOptions say where to fetch from and how to report progress.
+type FetchOptions struct {
+	// From lists peers to try first, in order; their addresses are added to
+	// the peerstore. The blob's signpost locations are tried after them.
+	From     []peer.AddrInfo
+	Progress protocol.Progress
+}
+
+// Fetch makes the blob held here, fetching it if needed and returning its
+// size. It asks opts.From, then the locations of the blob's signpost (servers
+// first, then the most recently seen); a peer without the blob answers with
+// its own signpost, whose new locations are merged and tried in turn. The blob
+// is verified against ref before it becomes visible; a partial fetch resumes.
+func (n *Node) Fetch(ctx context.Context, ref Ref, opts FetchOptions) (int64, error) {
+	if size, ok, err := n.blobs.Has(ref); err != nil || ok {
+		return size, err
+	}
+	var queue []peer.ID
+	tried := map[peer.ID]bool{n.h.ID(): true}
+	enqueue := func(p peer.ID) {
+		if !tried[p] && !slices.Contains(queue, p) {
+			queue = append(queue, p)
+		}
+	}
+	for _, ai := range opts.From {
+		n.addAddrs(ai)
+		enqueue(ai.ID)
+	}
+	sp, _, err := n.meta.Signpost(ctx, ref)
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range sp.Locations {
+		enqueue(l.Peer)
+	}
+
+	var errs []error
+	for len(queue) > 0 && len(tried) <= maxLocateAttempts {
+		p := queue[0]
+		queue = queue[1:]
+		tried[p] = true
+		size, more, err := n.fetchFrom(ctx, p, ref, opts.Progress)
+		if err == nil {
+			return size, nil
+		}
+		if ctx.Err() != nil {
+			return 0, err
+		}
+		n.cfg.log.Debug("fetch: location failed", "ref", ref, "peer", p, "err", err)
+		errs = append(errs, err)
+		for _, l := range more {
+			enqueue(l.Peer)
+		}
+	}
+	if len(errs) == 0 {
+		return 0, fmt.Errorf("blob %s: %w", ref, ErrNoLocation)
+	}
+	return 0, fmt.Errorf("blob %s: %w: %w", ref, ErrNoLocation, errors.Join(errs...))
+}
+
+// fetchFrom asks p for ref and fetches it if p has it. If p has not, the
+// locations of p's signpost are merged into ours and returned.
+func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress protocol.Progress) (int64, []datastore.Location, error) {
+	have, err := n.client.HaveBlob(ctx, p, ref)
+	if err != nil {
+		return 0, nil, err
+	}
+	if !have.Held {
+		if !have.Signpost.IsZero() {
+			if _, err := n.meta.UpdateSignpost(ctx, ref, func(sp *datastore.Signpost) bool { return sp.Merge(have.Signpost) }); err != nil {
+				return 0, nil, err
+			}
+		}
+		return 0, have.Signpost.Locations, fmt.Errorf("peer %s: %w", p, protocol.ErrNotFound)
+	}
+	size, err := n.client.Fetch(ctx, p, ref, n.blobs, progress)
+	if err != nil {
+		return 0, nil, err
+	}
+	return size, nil, n.recordHeld(ctx, ref, size, false)
+}

@@ -1,0 +1,57 @@
+package blobsync
+
+import (
+	"context"
+
+	"github.com/blobsync/blobsync/datastore"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Syncgroup, ACL, Role and Member are the syncgroup types a caller sees.
+type (
+	Syncgroup = datastore.Group
+	ACL       = datastore.ACL
+	Role      = datastore.Role
+	Member    = datastore.Member
+)
+
+// The roles a member may have in a syncgroup.
+const (
+	RoleNormal = datastore.RoleNormal
+	RoleServer = datastore.RoleServer
+	RoleLeaf   = datastore.RoleLeaf
+)
+
+// ParseRole parses "server", "normal" or "leaf".
+func ParseRole(s string) (Role, error) { return datastore.ParseRole(s) }
+
+// CreateSyncgroup creates syncgroup id (a protocol ID beginning /blobsync/sg/)
+// with this peer as its creator and first member.
+func (n *Node) CreateSyncgroup(ctx context.Context, id string, acl ACL, role Role) (Syncgroup, error) {
+	return n.groups.Create(ctx, id, acl, role)
+}
+
+// JoinSyncgroup joins syncgroup id through via, a member, and pulls what the
+// members have announced so far.
+func (n *Node) JoinSyncgroup(ctx context.Context, id string, via peer.AddrInfo, role Role) (Syncgroup, error) {
+	n.addAddrs(via)
+	return n.groups.Join(ctx, id, via.ID, role)
+}
+
+// Syncgroups returns the syncgroups this peer belongs to.
+func (n *Node) Syncgroups() []Syncgroup { return n.groups.Groups() }
+
+// Syncgroup returns syncgroup id; the error wraps ErrUnknownSyncgroup if this
+// peer does not belong to it.
+func (n *Node) Syncgroup(id string) (Syncgroup, error) { return n.groups.Group(id) }
+
+// ProcessBlobRefs is what an embedding object-sync server calls when its own
+// sync delivers, from peer from, objects of syncgroup sg that carry refs: the
+// BlobRefs are announced in sg's log with from as where they probably are.
+func (n *Node) ProcessBlobRefs(ctx context.Context, sg string, from peer.ID, refs []Ref) error {
+	anns := make([]datastore.BlobAnnouncement, len(refs))
+	for i, r := range refs {
+		anns[i] = datastore.BlobAnnouncement{Ref: r, Holder: from}
+	}
+	return n.groups.Announce(ctx, sg, anns)
+}
