@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/blobsync/blobsync/datastore"
+	"github.com/blobsync/blobsync/fetcher"
 	"github.com/blobsync/blobsync/protocol"
 	"github.com/blobsync/blobsync/syncgroup"
 	ds "github.com/ipfs/go-datastore"
@@ -38,6 +39,8 @@ var (
 	ErrNotFound = datastore.ErrNotFound
 	// ErrUnknownSyncgroup: this peer is not a member of the syncgroup.
 	ErrUnknownSyncgroup = protocol.ErrUnknownSyncgroup
+	// ErrClosed: the Node is closed.
+	ErrClosed = errors.New("blobsync node closed")
 )
 
 // Node is one blobsync peer: its blob store, metadata, syncgroups and protocols.
@@ -52,6 +55,13 @@ type Node struct {
 	notifee  *network.NotifyBundle
 	cfg      config
 
+	fetcher     *fetcher.Fetcher
+	fetchServer *fetcher.Server
+
+	flightsMu sync.Mutex
+	flights   map[Ref]*flight // transfers under way, shared by their Fetch calls
+
+	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -60,6 +70,8 @@ type config struct {
 	log          *slog.Logger
 	now          func() time.Time
 	protoOpts    []protocol.Option
+	fetchOpts    []fetcher.Option
+	serverOpts   []fetcher.ServerOption
 	syncInterval time.Duration
 }
 
@@ -75,6 +87,15 @@ func WithClock(now func() time.Time) Option { return func(c *config) { c.now = n
 // WithProtocolOptions passes options to the protocols' clients and servers.
 func WithProtocolOptions(opts ...protocol.Option) Option {
 	return func(c *config) { c.protoOpts = append(c.protoOpts, opts...) }
+}
+
+// WithFetcherOptions passes options to the server blob fetcher (concurrency,
+// clock) and to its server loop (scan delays).
+func WithFetcherOptions(opts []fetcher.Option, serverOpts ...fetcher.ServerOption) Option {
+	return func(c *config) {
+		c.fetchOpts = append(c.fetchOpts, opts...)
+		c.serverOpts = append(c.serverOpts, serverOpts...)
+	}
 }
 
 // WithSyncInterval sets how often every syncgroup is pulled from its members
@@ -111,7 +132,7 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
+	n.ctx, n.cancel, n.flights = ctx, cancel, map[Ref]*flight{}
 	n.groups, err = syncgroup.New(ctx, n.meta, sgClient, syncgroup.Config{
 		Self:  h.ID(),
 		Addrs: h.Addrs,
@@ -119,8 +140,9 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 		Learned: func(m datastore.Member) {
 			h.Peerstore().AddAddrs(m.Peer, m.Addrs, memberAddrTTL)
 		},
-		Now: cfg.now,
-		Log: cfg.log,
+		Changed: func(_ string, refs []datastore.Ref) { n.fetchServer.SignpostsChanged(refs) },
+		Now:     cfg.now,
+		Log:     cfg.log,
 	})
 	if err != nil {
 		cancel()
@@ -137,7 +159,22 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 		n.sgServer.Close()
 		return nil, err
 	}
-	n.notifee = &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) { n.groups.PeerConnected(c.RemotePeer()) }}
+	fopts := append([]fetcher.Option{fetcher.WithLogger(cfg.log)}, cfg.fetchOpts...)
+	if n.fetcher, err = fetcher.New(n.fetchInBackground, fetchSource{n}, fopts...); err == nil {
+		sopts := append([]fetcher.ServerOption{fetcher.ServerLogger(cfg.log)}, cfg.serverOpts...)
+		if n.fetchServer, err = fetcher.NewServer(n.fetcher, fetchSource{n}, sopts...); err != nil {
+			n.fetcher.Close()
+		}
+	}
+	if err != nil {
+		cancel()
+		errors.Join(n.server.Close(), n.sgServer.Close(), n.groups.Close())
+		return nil, err
+	}
+	n.notifee = &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		n.groups.PeerConnected(c.RemotePeer())
+		n.fetchServer.PeerConnected(string(c.RemotePeer()))
+	}}
 	h.Network().Notify(n.notifee)
 	if err := n.groups.Start(ctx); err != nil {
 		n.Close()
@@ -165,9 +202,16 @@ func (n *Node) syncLoop(ctx context.Context) {
 // Node started to end. It does not close the host or the datastore.
 func (n *Node) Close() error {
 	n.h.Network().StopNotify(n.notifee)
+	// The fetch loop first (no new fetches), then the fetches in flight...
+	err := errors.Join(n.fetchServer.Close(), n.fetcher.Close())
+	// ...then every transfer and loop of the node: cancelled under flightsMu,
+	// so no transfer starts once Wait has begun...
+	n.flightsMu.Lock()
 	n.cancel()
+	n.flightsMu.Unlock()
 	n.wg.Wait()
-	return errors.Join(n.server.Close(), n.sgServer.Close(), n.groups.Close())
+	// ...then what they used.
+	return errors.Join(err, n.server.Close(), n.sgServer.Close(), n.groups.Close())
 }
 
 // Host returns the node's libp2p host.

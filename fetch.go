@@ -27,10 +27,95 @@ type FetchOptions struct {
 // first, then the most recently seen); a peer without the blob answers with
 // its own signpost, whose new locations are merged and tried in turn. The blob
 // is verified against ref before it becomes visible; a partial fetch resumes.
+//
+// Concurrent Fetches of one blob (a user's and the server fetcher's, say)
+// share one transfer: each caller sees its progress, and it is cancelled only
+// when every caller has gone. A caller whose shared transfer failed tries once
+// more on its own if it named peers of its own in opts.From.
 func (n *Node) Fetch(ctx context.Context, ref Ref, opts FetchOptions) (int64, error) {
-	if size, ok, err := n.blobs.Has(ref); err != nil || ok {
-		return size, err
+	for try := 0; ; try++ {
+		if size, ok, err := n.blobs.Has(ref); err != nil || ok {
+			return size, err
+		}
+		f, joined := n.joinFlight(ref, opts)
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			n.leaveFlight(f)
+			return 0, ctx.Err()
+		}
+		if f.err == nil || !joined || len(opts.From) == 0 || try > 0 {
+			return f.size, f.err
+		}
 	}
+}
+
+// flight is one blob's transfer shared by the Fetch calls waiting for it.
+type flight struct {
+	ref      Ref
+	done     chan struct{} // closed when size and err are set
+	size     int64
+	err      error
+	cancel   context.CancelFunc
+	waiters  int                 // under Node.flightsMu
+	progress []protocol.Progress // under Node.flightsMu
+}
+
+// joinFlight returns ref's flight, starting one (with opts) if there is none;
+// joined reports whether it was already under way.
+func (n *Node) joinFlight(ref Ref, opts FetchOptions) (f *flight, joined bool) {
+	n.flightsMu.Lock()
+	defer n.flightsMu.Unlock()
+	if f, ok := n.flights[ref]; ok {
+		f.waiters++
+		if opts.Progress != nil {
+			f.progress = append(f.progress, opts.Progress)
+		}
+		return f, true
+	}
+	ctx, cancel := context.WithCancel(n.ctx)
+	f = &flight{ref: ref, done: make(chan struct{}), cancel: cancel, waiters: 1}
+	if n.ctx.Err() != nil { // closed: start nothing
+		f.err = ErrClosed
+		close(f.done)
+		return f, false
+	}
+	if opts.Progress != nil {
+		f.progress = append(f.progress, opts.Progress)
+	}
+	n.flights[ref] = f
+	n.wg.Go(func() {
+		defer cancel()
+		size, err := n.locateAndFetch(ctx, ref, opts.From, func(done, total int64) {
+			n.flightsMu.Lock()
+			fns := slices.Clone(f.progress)
+			n.flightsMu.Unlock()
+			for _, fn := range fns {
+				fn(done, total)
+			}
+		})
+		n.flightsMu.Lock()
+		delete(n.flights, ref)
+		n.flightsMu.Unlock()
+		f.size, f.err = size, err
+		close(f.done)
+	})
+	return f, false
+}
+
+// leaveFlight drops a waiter that gave up; the last one cancels the transfer.
+func (n *Node) leaveFlight(f *flight) {
+	n.flightsMu.Lock()
+	defer n.flightsMu.Unlock()
+	f.waiters--
+	if f.waiters == 0 {
+		f.cancel()
+	}
+}
+
+// locateAndFetch tries from, then the signpost's locations, then the
+// locations their signposts name, until one has the blob.
+func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo, progress protocol.Progress) (int64, error) {
 	var queue []peer.ID
 	tried := map[peer.ID]bool{n.h.ID(): true}
 	enqueue := func(p peer.ID) {
@@ -38,7 +123,7 @@ func (n *Node) Fetch(ctx context.Context, ref Ref, opts FetchOptions) (int64, er
 			queue = append(queue, p)
 		}
 	}
-	for _, ai := range opts.From {
+	for _, ai := range from {
 		n.addAddrs(ai)
 		enqueue(ai.ID)
 	}
@@ -55,7 +140,7 @@ func (n *Node) Fetch(ctx context.Context, ref Ref, opts FetchOptions) (int64, er
 		p := queue[0]
 		queue = queue[1:]
 		tried[p] = true
-		size, more, err := n.fetchFrom(ctx, p, ref, opts.Progress)
+		size, more, err := n.fetchFrom(ctx, p, ref, progress)
 		if err == nil {
 			return size, nil
 		}

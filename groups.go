@@ -28,14 +28,22 @@ func ParseRole(s string) (Role, error) { return datastore.ParseRole(s) }
 // CreateSyncgroup creates syncgroup id (a protocol ID beginning /blobsync/sg/)
 // with this peer as its creator and first member.
 func (n *Node) CreateSyncgroup(ctx context.Context, id string, acl ACL, role Role) (Syncgroup, error) {
-	return n.groups.Create(ctx, id, acl, role)
+	g, err := n.groups.Create(ctx, id, acl, role)
+	if err == nil && role == RoleServer {
+		n.fetchServer.Rescan()
+	}
+	return g, err
 }
 
 // JoinSyncgroup joins syncgroup id through via, a member, and pulls what the
 // members have announced so far.
 func (n *Node) JoinSyncgroup(ctx context.Context, id string, via peer.AddrInfo, role Role) (Syncgroup, error) {
 	n.addAddrs(via)
-	return n.groups.Join(ctx, id, via.ID, role)
+	g, err := n.groups.Join(ctx, id, via.ID, role)
+	if err == nil && role == RoleServer {
+		n.fetchServer.Rescan() // signposts learned before this peer served the group
+	}
+	return g, err
 }
 
 // Syncgroups returns the syncgroups this peer belongs to.
@@ -54,4 +62,15 @@ func (n *Node) ProcessBlobRefs(ctx context.Context, sg string, from peer.ID, ref
 		anns[i] = datastore.BlobAnnouncement{Ref: r, Holder: from}
 	}
 	return n.groups.Announce(ctx, sg, anns)
+}
+
+// SyncgroupEntries returns how many entries of syncgroup id's announcement
+// log this peer holds (the sum of its per-origin watermarks).
+func (n *Node) SyncgroupEntries(id string) (uint64, error) {
+	wm, err := n.groups.Watermarks(id)
+	var sum uint64
+	for _, seq := range wm {
+		sum += seq
+	}
+	return sum, err
 }

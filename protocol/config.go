@@ -18,6 +18,7 @@ const (
 )
 
 type config struct {
+	uploadRate     int64 // bytes/s a Server sends in all; 0: unlimited
 	requestTimeout time.Duration
 	stallTimeout   time.Duration
 	minRate        int64
@@ -56,6 +57,11 @@ func BufferSize(n int) Option { return func(c *config) { c.bufferSize = n } }
 // MaxBlobSize sets the largest blob a Client accepts (default DefaultMaxBlobSize).
 func MaxBlobSize(n int64) Option { return func(c *config) { c.maxBlobSize = n } }
 
+// UploadRate caps what a Server sends, over all its transfers, at bytesPerSec
+// (default 0: unlimited). A cap below the callers' minimum rate (StallTimeout)
+// makes them give up on this peer.
+func UploadRate(bytesPerSec int64) Option { return func(c *config) { c.uploadRate = bytesPerSec } }
+
 // Logger sets the logger (default slog.Default()).
 func Logger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 
@@ -82,6 +88,8 @@ func (c config) Validate() error {
 		return fmt.Errorf("protocol: maximum blob size %d must be positive", c.maxBlobSize)
 	case c.log == nil:
 		return fmt.Errorf("protocol: nil logger")
+	case c.uploadRate < 0:
+		return fmt.Errorf("protocol: upload rate %d must not be negative", c.uploadRate)
 	}
 	return nil
 }

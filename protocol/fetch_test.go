@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/blobsync/blobsync/datastore"
 )
@@ -259,5 +260,23 @@ func TestConfigValidate(t *testing.T) {
 		if _, err := NewClient(nil, o); err == nil {
 			t.Errorf("option %d accepted", i)
 		}
+	}
+}
+
+func TestUploadRateCapsTheServer(t *testing.T) {
+	a := newServing(t, false, UploadRate(4<<20), BufferSize(64<<10))
+	data := randomBytes(t, 2<<20)
+	ref := a.put(t, data, true)
+	b := newFetching(t, a.h, false)
+	start := time.Now()
+	if _, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil {
+		t.Fatal(err)
+	}
+	// 2 MiB at 4 MiB/s with a 64 KiB burst cannot take less than ~0.48 s.
+	if took := time.Since(start); took < 450*time.Millisecond {
+		t.Fatalf("2 MiB under a 4 MiB/s cap arrived in %v", took)
+	}
+	if !bytes.Equal(b.held(t, ref), data) {
+		t.Fatal("bytes differ")
 	}
 }

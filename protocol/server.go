@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"golang.org/x/time/rate"
 )
 
 // ID is the blob protocol's libp2p protocol ID.
@@ -55,6 +56,7 @@ type Server struct {
 	policy Policy
 	cfg    config
 	bufs   sync.Pool
+	rate   *rate.Limiter // nil: unlimited
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -74,6 +76,9 @@ func NewServer(h host.Host, blobs Blobs, policy Policy, opts ...Option) (*Server
 	}
 	s := &Server{h: h, blobs: blobs, policy: policy, cfg: cfg}
 	s.bufs.New = func() any { b := make([]byte, cfg.bufferSize); return &b }
+	if cfg.uploadRate > 0 {
+		s.rate = rate.NewLimiter(rate.Limit(cfg.uploadRate), cfg.bufferSize)
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	h.SetStreamHandler(ID, s.handle)
 	return s, nil
@@ -215,6 +220,11 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 	for {
 		n, rerr := src.Read(*bp)
 		if n > 0 {
+			if s.rate != nil {
+				if err := s.rate.WaitN(s.ctx, n); err != nil {
+					return err
+				}
+			}
 			if _, err := g.Write((*bp)[:n]); err != nil {
 				return fmt.Errorf("sending %s: %w", ref, err)
 			}

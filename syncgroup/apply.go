@@ -6,6 +6,7 @@ import (
 
 	"github.com/blobsync/blobsync/datastore"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // apply takes the entries that extend g's log, received from sender (this
@@ -27,6 +28,7 @@ func (m *Manager) apply(ctx context.Context, id string, g *group, sender peer.ID
 	slices.Sort(origins)
 
 	rec, wm := g.rec.Clone(), cloneMap(g.wm)
+	moved := map[peer.ID]bool{} // members announced at new addresses
 	// Entries of one origin may wait on another's (a member admitted by an
 	// entry that arrives later in the batch): repeat until nothing moves.
 	for progress := true; progress; {
@@ -42,8 +44,8 @@ func (m *Manager) apply(ctx context.Context, id string, g *group, sender peer.ID
 				if e.Seq != wm[o]+1 || !allowed(&rec, e) {
 					break
 				}
-				if e.Member != nil {
-					fold(&rec, *e.Member)
+				if e.Member != nil && fold(&rec, *e.Member) && e.Member.Peer != m.cfg.Self {
+					moved[e.Member.Peer] = true
 				}
 				wm[o] = e.Seq
 				applied = append(applied, e)
@@ -82,6 +84,11 @@ func (m *Manager) apply(ctx context.Context, id string, g *group, sender peer.ID
 	if len(changed) > 0 {
 		m.cfg.Changed(id, changed)
 	}
+	// A member at a new address may have missed what was pushed to its old
+	// one, and it may be what others waited for: contact it there now.
+	for p := range moved {
+		m.pullAsync(p, id)
+	}
 	return applied, pending, nil
 }
 
@@ -116,12 +123,15 @@ func allowed(rec *datastore.Group, e datastore.LogEntry) bool {
 	return originIsMember && (subject == rec.Spec.Creator || rec.Spec.ACL.Admits(subject))
 }
 
-// fold records a member announcement unless a later one is already held.
-func fold(rec *datastore.Group, mb datastore.Member) {
-	if cur, ok := rec.Member(mb.Peer); ok && !mb.Since.After(cur.Since) {
-		return
+// fold records a member announcement unless a later one is already held,
+// and reports whether it put the member at new addresses.
+func fold(rec *datastore.Group, mb datastore.Member) (moved bool) {
+	cur, ok := rec.Member(mb.Peer)
+	if ok && !mb.Since.After(cur.Since) {
+		return false
 	}
 	rec.SetMember(mb)
+	return len(mb.Addrs) > 0 && !slices.EqualFunc(cur.Addrs, mb.Addrs, ma.Multiaddr.Equal)
 }
 
 func compareSeq(a, b uint64) int {

@@ -196,6 +196,17 @@ func (m *Manager) Role(id string, p peer.ID) (datastore.Role, bool) {
 	return mb.Role, ok
 }
 
+// MyRole returns this peer's role in syncgroup id, as it joined or created it.
+func (m *Manager) MyRole(id string) (datastore.Role, bool) {
+	g, err := m.group(id)
+	if err != nil {
+		return 0, false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.rec.MyRole, true
+}
+
 // IsMember reports whether p is a member of syncgroup id (this peer belongs to it).
 func (m *Manager) IsMember(id string, p peer.ID) bool {
 	_, ok := m.Role(id, p)

@@ -66,6 +66,47 @@ type statusResponse struct {
 	BlobBytes int64                `json:"blob_bytes"`
 	Partials  []datastore.BlobInfo `json:"partials"`
 	Transfers blobsync.Stats       `json:"transfers"`
+	Fetch     fetchQueueView       `json:"fetch_queue"`
+}
+
+// fetchQueueView is the server fetcher's queue as the status shows it.
+type fetchQueueView struct {
+	Pending  int             `json:"pending"`
+	InFlight int             `json:"in_flight"`
+	Blobs    []fetchBlobView `json:"blobs"`
+	LastScan struct {
+		At      time.Time `json:"at"`
+		TookMS  float64   `json:"took_ms"`
+		Started int       `json:"started"`
+	} `json:"last_scan"`
+}
+
+type fetchBlobView struct {
+	Ref         blobsync.Ref `json:"ref"`
+	Attempts    uint32       `json:"attempts"`
+	InFlight    bool         `json:"in_flight"`
+	NextAttempt *time.Time   `json:"next_attempt,omitempty"`
+	LastError   string       `json:"last_error,omitempty"`
+}
+
+// statusQueueLimit is how many queued blobs the status lists.
+const statusQueueLimit = 50
+
+func queueView(q blobsync.FetchQueue) fetchQueueView {
+	v := fetchQueueView{Pending: q.Pending, InFlight: q.InFlight, Blobs: []fetchBlobView{}}
+	for _, b := range q.Blobs {
+		bv := fetchBlobView{Ref: b.Ref, Attempts: b.Attempts, InFlight: b.InFlight}
+		if b.LastError != "" {
+			bv.LastError = oneLine(errors.New(b.LastError))
+		}
+		if !b.InFlight {
+			next := b.NextAttempt
+			bv.NextAttempt = &next
+		}
+		v.Blobs = append(v.Blobs, bv)
+	}
+	v.LastScan.At, v.LastScan.TookMS, v.LastScan.Started = q.LastScan.At, float64(q.LastScan.Took.Microseconds())/1000, q.LastScan.Started
+	return v
 }
 
 type api struct {
@@ -253,7 +294,7 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 	h := a.node.Host()
 	st := statusResponse{
 		ID: h.ID().String(), Addrs: p2pAddrs(h), Uptime: time.Since(a.started).Round(time.Second).String(),
-		Peers: []peerStatus{}, Transfers: a.node.Stats(),
+		Peers: []peerStatus{}, Transfers: a.node.Stats(), Fetch: queueView(a.node.FetchQueue(statusQueueLimit)),
 	}
 	for _, p := range h.Network().Peers() {
 		ps := peerStatus{ID: p.String()}

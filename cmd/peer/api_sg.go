@@ -36,6 +36,7 @@ type sgView struct {
 	Allow   []string  `json:"allow,omitempty"`
 	MyRole  string    `json:"my_role"`
 	Members int       `json:"members"`
+	Entries uint64    `json:"entries"` // announcement log entries held here
 	Created time.Time `json:"created"`
 }
 
@@ -141,7 +142,9 @@ func (a *api) sgJoin(w http.ResponseWriter, r *http.Request) {
 func (a *api) sgList(w http.ResponseWriter, _ *http.Request) {
 	out := []sgView{}
 	for _, g := range a.node.Syncgroups() {
-		out = append(out, viewOf(g))
+		v := viewOf(g)
+		v.Entries, _ = a.node.SyncgroupEntries(g.Spec.ID)
+		out = append(out, v)
 	}
 	reply(w, out)
 }

@@ -180,7 +180,25 @@ func cmdStatus(ctx context.Context, args []string, e env) error {
 	t := st.Transfers
 	fmt.Fprintf(w, "sent      %s in %d blobs served\n", formatBytes(t.BytesSent), t.BlobsServed)
 	fmt.Fprintf(w, "received  %s, %d blobs fetched\n", formatBytes(t.BytesReceived), t.BlobsFetched)
-	return nil
+	q := st.Fetch
+	fmt.Fprintf(w, "fetching  %d pending, %d in flight (last scan %s ago: %d blobs in %.1f ms)\n",
+		q.Pending, q.InFlight, time.Since(q.LastScan.At).Round(time.Second), q.LastScan.Started, q.LastScan.TookMS)
+	if len(q.Blobs) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  REF\tATTEMPTS\tNEXT\tLAST ERROR")
+	for _, b := range q.Blobs {
+		next := "in flight"
+		if b.NextAttempt != nil {
+			next = "in " + max(time.Until(*b.NextAttempt), 0).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", b.Ref, b.Attempts, next, b.LastError)
+	}
+	if q.Pending > len(q.Blobs) {
+		fmt.Fprintf(tw, "  … %d more\n", q.Pending-len(q.Blobs))
+	}
+	return tw.Flush()
 }
 
 // formatBytes renders n in binary units: 512 B, 1.5 KiB, 64.0 MiB.

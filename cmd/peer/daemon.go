@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/blobsync/blobsync"
+	"github.com/blobsync/blobsync/fetcher"
 	"github.com/blobsync/blobsync/p2p"
 	"github.com/blobsync/blobsync/protocol"
 	leveldb "github.com/ipfs/go-ds-leveldb"
@@ -129,7 +130,8 @@ func openNode(l layout, listen []string, log *slog.Logger) (*runningNode, error)
 	}
 	node, err := blobsync.New(h, d, l.blobs(),
 		blobsync.WithLogger(log),
-		blobsync.WithProtocolOptions(protocol.MaxBlobSize(cfg.Limits.MaxBlobSize)))
+		blobsync.WithProtocolOptions(protocol.MaxBlobSize(cfg.Limits.MaxBlobSize), protocol.UploadRate(cfg.Limits.MaxUploadRate)),
+		blobsync.WithFetcherOptions([]fetcher.Option{fetcher.Concurrency(cfg.Limits.FetchConcurrency)}))
 	if err != nil {
 		h.Close()
 		d.Close()

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/blobsync/blobsync/datastore"
+	"github.com/blobsync/blobsync/fetcher"
 	"github.com/blobsync/blobsync/p2p"
 	leveldb "github.com/ipfs/go-ds-leveldb"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -38,12 +39,17 @@ type limitsConfig struct {
 	MaxBlobSize int64 `json:"max_blob_size"`
 	// InboundStreamsPerPeer bounds the blob streams one peer may have open to us.
 	InboundStreamsPerPeer int `json:"inbound_streams_per_peer"`
+	// MaxUploadRate caps the bytes per second this peer sends to all others;
+	// 0 is unlimited.
+	MaxUploadRate int64 `json:"max_upload_rate"`
+	// FetchConcurrency is how many blobs the server fetcher fetches at once.
+	FetchConcurrency int `json:"fetch_concurrency"`
 }
 
 func defaultConfig() fileConfig {
 	return fileConfig{
 		Listen: []string{"/ip4/0.0.0.0/tcp/4747", "/ip4/0.0.0.0/udp/4747/quic-v1"},
-		Limits: limitsConfig{MaxBlobSize: 64 << 30, InboundStreamsPerPeer: 32},
+		Limits: limitsConfig{MaxBlobSize: 64 << 30, InboundStreamsPerPeer: 32, FetchConcurrency: fetcher.DefaultConcurrency},
 	}
 }
 
@@ -59,6 +65,12 @@ func (c fileConfig) validate() error {
 	}
 	if c.Limits.InboundStreamsPerPeer <= 0 {
 		return fmt.Errorf("config: limits.inbound_streams_per_peer %d must be positive", c.Limits.InboundStreamsPerPeer)
+	}
+	if c.Limits.MaxUploadRate < 0 {
+		return fmt.Errorf("config: limits.max_upload_rate %d must not be negative", c.Limits.MaxUploadRate)
+	}
+	if c.Limits.FetchConcurrency <= 0 {
+		return fmt.Errorf("config: limits.fetch_concurrency %d must be positive", c.Limits.FetchConcurrency)
 	}
 	return nil
 }

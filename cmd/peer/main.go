@@ -36,7 +36,7 @@ Commands:
   has REF                      exit 0 and print the size if held here, exit 1 if not
   ls                           blobs held here
   status                       peers, blobs, transfers
-  demo                         a local demonstration: two peers on 127.0.0.1
+  demo                         a local demonstration: a device and two servers on 127.0.0.1
 
 --data DIR defaults to $BLOBSYNC_DATA, else ~/.blobsync.
 `

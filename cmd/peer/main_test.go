@@ -93,7 +93,7 @@ func TestDemo(t *testing.T) {
 	if err := run(t.Context(), []string{"demo", "--size", "3000000"}, e); err != nil {
 		t.Fatalf("demo: %v (stderr %s)", err, errOut)
 	}
-	for _, want := range []string{"device  put 2.9 MiB blob bafkr4i", "server  fetched 2.9 MiB", "byte-identical", "demo complete"} {
+	for _, want := range []string{"device   put 2.9 MiB blob bafkr4i", "server-1 holds a verified, byte-identical copy", "server-2 holds a verified, byte-identical copy", "demo complete"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

@@ -155,13 +155,13 @@ func cmdSgLs(ctx context.Context, args []string, e env) error {
 		return writeJSON(e.stdout, groups)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SYNCGROUP\tROLE\tMEMBERS\tACL\tCREATOR")
+	fmt.Fprintln(tw, "SYNCGROUP\tROLE\tMEMBERS\tENTRIES\tACL\tCREATOR")
 	for _, g := range groups {
 		acl := "open"
 		if !g.Open {
 			acl = fmt.Sprintf("%d allowed", len(g.Allow))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", g.ID, g.MyRole, g.Members, acl, g.Creator)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", g.ID, g.MyRole, g.Members, g.Entries, acl, g.Creator)
 	}
 	return tw.Flush()
 }
