@@ -61,18 +61,22 @@ type Node struct {
 	flightsMu sync.Mutex
 	flights   map[Ref]*flight // transfers under way, shared by their Fetch calls
 
+	gcMu        sync.Mutex    // one collection at a time
+	budgetCheck chan struct{} // capacity 1: the storage budget may be exceeded
+
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
 type config struct {
-	log          *slog.Logger
-	now          func() time.Time
-	protoOpts    []protocol.Option
-	fetchOpts    []fetcher.Option
-	serverOpts   []fetcher.ServerOption
-	syncInterval time.Duration
+	log           *slog.Logger
+	now           func() time.Time
+	protoOpts     []protocol.Option
+	fetchOpts     []fetcher.Option
+	serverOpts    []fetcher.ServerOption
+	syncInterval  time.Duration
+	storageBudget int64
 }
 
 // Option configures a Node.
@@ -97,6 +101,11 @@ func WithFetcherOptions(opts []fetcher.Option, serverOpts ...fetcher.ServerOptio
 		c.serverOpts = append(c.serverOpts, serverOpts...)
 	}
 }
+
+// WithStorageBudget makes the node drop copies it does not own (see GC),
+// least recently used first, whenever the blobs it holds exceed bytes. Blobs
+// it owns or pinned are never dropped, budget or not. Default: no budget.
+func WithStorageBudget(bytes int64) Option { return func(c *config) { c.storageBudget = bytes } }
 
 // WithSyncInterval sets how often every syncgroup is pulled from its members
 // as a safety net behind pushes and reconnects (default DefaultSyncInterval).
@@ -132,7 +141,7 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n.ctx, n.cancel, n.flights = ctx, cancel, map[Ref]*flight{}
+	n.ctx, n.cancel, n.flights, n.budgetCheck = ctx, cancel, map[Ref]*flight{}, make(chan struct{}, 1)
 	n.groups, err = syncgroup.New(ctx, n.meta, sgClient, syncgroup.Config{
 		Self:  h.ID(),
 		Addrs: h.Addrs,
@@ -181,6 +190,8 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 		return nil, err
 	}
 	n.wg.Go(func() { n.syncLoop(ctx) })
+	n.wg.Go(func() { n.budgetLoop(ctx) })
+	n.checkBudget()
 	return n, nil
 }
 

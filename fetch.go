@@ -174,9 +174,17 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress proto
 		}
 		return 0, have.Signpost.Locations, fmt.Errorf("peer %s: %w", p, protocol.ErrNotFound)
 	}
-	size, err := n.client.Fetch(ctx, p, ref, n.blobs, progress)
+	sp, _, err := n.meta.Signpost(ctx, ref)
 	if err != nil {
 		return 0, nil, err
 	}
-	return size, nil, n.recordHeld(ctx, ref, size, false)
+	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sp.SgIDs), Progress: progress})
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := n.recordFetched(ctx, ref, got.Size); err != nil {
+		return 0, nil, err
+	}
+	n.takeOwnership(ctx, p, ref, got.Offered)
+	return got.Size, nil, nil
 }

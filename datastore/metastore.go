@@ -23,13 +23,6 @@ const (
 	blobPrefix     = "/blob/"
 )
 
-// BlobMeta is what this peer records about a blob it holds.
-type BlobMeta struct {
-	Size    int64
-	Public  bool // served to anyone who asks by its BlobRef
-	Created time.Time
-}
-
 // MetaStore keeps signposts and blob metadata on a go-datastore. Updates of
 // one record are serialised (read-modify-write under a per-ref lock), so
 // concurrent merges never lose each other's changes. Bulk updates are written
@@ -214,7 +207,8 @@ func (m *MetaStore) BlobMeta(ctx context.Context, ref Ref) (meta BlobMeta, found
 }
 
 // UpdateBlobMeta applies fn to ref's metadata (zero if none) and stores the
-// result if fn reports a change.
+// result if fn reports a change. Updates of one ref are serialised, so a
+// read-modify-write of its shares is atomic.
 func (m *MetaStore) UpdateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMeta) bool) (BlobMeta, error) {
 	unlock := m.lock(ref)
 	defer unlock()
@@ -269,11 +263,15 @@ func decodeSignpost(b []byte) (Signpost, error) {
 }
 
 func encodeBlobMeta(meta BlobMeta) []byte {
-	b, err := proto.Marshal(&dspb.BlobMeta{Size: uint64(meta.Size), Public: meta.Public, CreatedUnixNano: unixNano(meta.Created)})
-	if err != nil {
-		panic(fmt.Sprintf("datastore: marshalling blob metadata: %v", err)) // cannot happen: plain message
+	p := &dspb.BlobMeta{
+		Size: uint64(meta.Size), Public: meta.Public, CreatedUnixNano: unixNano(meta.Created),
+		Shares: meta.Shares, Pinned: meta.Pinned,
+		ReferencedUnixNano: unixNano(meta.Referenced), AccessedUnixNano: unixNano(meta.Accessed),
 	}
-	return b
+	for _, h := range meta.Holders {
+		p.Holders = append(p.Holders, []byte(h))
+	}
+	return mustMarshal(p)
 }
 
 func decodeBlobMeta(b []byte) (BlobMeta, error) {
@@ -281,7 +279,15 @@ func decodeBlobMeta(b []byte) (BlobMeta, error) {
 	if err := proto.Unmarshal(b, &p); err != nil {
 		return BlobMeta{}, fmt.Errorf("%w: %v", errCorrupt, err)
 	}
-	return BlobMeta{Size: int64(p.Size), Public: p.Public, Created: fromUnixNano(p.CreatedUnixNano)}, nil
+	m := BlobMeta{
+		Size: int64(p.Size), Public: p.Public, Created: fromUnixNano(p.CreatedUnixNano),
+		Shares: p.Shares, Pinned: p.Pinned,
+		Referenced: fromUnixNano(p.ReferencedUnixNano), Accessed: fromUnixNano(p.AccessedUnixNano),
+	}
+	for _, h := range p.Holders {
+		m.Holders = append(m.Holders, peer.ID(h))
+	}
+	return m, nil
 }
 
 // unixNano and fromUnixNano store the zero time as 0 (its UnixNano is undefined).

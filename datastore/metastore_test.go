@@ -43,7 +43,8 @@ func TestSignpostPersistsOnLevelDB(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := m.UpdateBlobMeta(t.Context(), ref, func(b *BlobMeta) bool {
-		*b = BlobMeta{Size: 42, Public: true, Created: when}
+		*b = BlobMeta{Size: 42, Public: true, Created: when, Shares: map[string]int32{"/blobsync/sg/x": 2, "/blobsync/sg/y": 0},
+			Pinned: true, Holders: []peer.ID{"h1", "h2"}, Referenced: when.Add(time.Second), Accessed: when.Add(time.Minute)}
 		return true
 	}); err != nil {
 		t.Fatal(err)
@@ -61,7 +62,9 @@ func TestSignpostPersistsOnLevelDB(t *testing.T) {
 		t.Fatalf("signpost after reopen = %+v", sp)
 	}
 	meta, found, err := m.BlobMeta(t.Context(), ref)
-	if err != nil || !found || meta.Size != 42 || !meta.Public || !meta.Created.Equal(when) {
+	want := BlobMeta{Size: 42, Public: true, Created: when, Shares: map[string]int32{"/blobsync/sg/x": 2, "/blobsync/sg/y": 0},
+		Pinned: true, Holders: []peer.ID{"h1", "h2"}, Referenced: when.Add(time.Second), Accessed: when.Add(time.Minute)}
+	if err != nil || !found || !meta.Equal(want) || meta.TotalShares() != 2 || !meta.Owned() {
 		t.Fatalf("BlobMeta after reopen = %+v, %v, %v", meta, found, err)
 	}
 	if _, found, _ := m.Signpost(t.Context(), RefOf([]byte("other"))); found {
@@ -152,5 +155,21 @@ func TestCorruptRecordIsReported(t *testing.T) {
 	}
 	if err := m.ForEachSignpost(t.Context(), func(Ref, Signpost) error { return nil }); err == nil {
 		t.Fatal("ForEachSignpost skipped a corrupt record silently")
+	}
+}
+
+func TestAddHolderKeepsTheMostRecent(t *testing.T) {
+	var m BlobMeta
+	for i := range MaxHolders + 5 {
+		m.AddHolder(peer.ID(fmt.Sprint(i)))
+	}
+	if len(m.Holders) != MaxHolders || m.Holders[0] != "5" {
+		t.Fatalf("holders %v", m.Holders)
+	}
+	if m.AddHolder(peer.ID(fmt.Sprint(MaxHolders + 4))) {
+		t.Fatal("re-adding the latest holder reported a change")
+	}
+	if !m.AddHolder("7") || m.Holders[len(m.Holders)-1] != "7" || len(m.Holders) != MaxHolders {
+		t.Fatalf("re-adding an older holder: %v", m.Holders)
 	}
 }

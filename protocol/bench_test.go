@@ -57,7 +57,7 @@ func BenchmarkFetchVsRawStream(b *testing.B) {
 	}
 	fetch := func() time.Duration {
 		start := time.Now()
-		n, err := cl.client.Fetch(ctx, srv.h.ID(), ref, cl.store, nil)
+		n, err := cl.fetch(ctx, srv.h.ID(), ref, nil)
 		d := time.Since(start)
 		if err != nil || n != benchBlobSize {
 			b.Fatalf("Fetch = %d, %v; want %d bytes", n, err, benchBlobSize)

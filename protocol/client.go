@@ -121,42 +121,90 @@ func (c *Client) HaveBlob(ctx context.Context, p peer.ID, ref datastore.Ref) (Ha
 	}
 }
 
+// GetOptions are what GetBlob and Fetch send and report besides the ref.
+type GetOptions struct {
+	// Distance is this peer's distance to a server per syncgroup (0: it is
+	// one; 1: connected to one; 2: neither), by which the responder ranks it
+	// for ownership share offers.
+	Distance map[string]uint32
+	Progress Progress
+}
+
+// Got is what a GetBlob brought.
+type Got struct {
+	Size    int64            // the blob's total size
+	Written int64            // bytes written to w, also on error
+	Offered map[string]int32 // shares the responder offers once the blob is verified
+}
+
 // GetBlob asks p for ref from offset and writes the bytes [offset, size) to w.
-// It returns the blob's total size and how many bytes it wrote, also on error
-// (a short stream leaves w holding what arrived, for a later resume).
-func (c *Client) GetBlob(ctx context.Context, p peer.ID, ref datastore.Ref, offset int64, w io.Writer, progress Progress) (size, written int64, err error) {
+// On error Got still says how many bytes were written: a short stream leaves
+// w holding what arrived, for a later resume.
+func (c *Client) GetBlob(ctx context.Context, p peer.ID, ref datastore.Ref, offset int64, w io.Writer, opts GetOptions) (Got, error) {
 	if offset < 0 {
-		return 0, 0, fmt.Errorf("offset %d: %w", offset, ErrOffsetOutOfRange)
+		return Got{}, fmt.Errorf("offset %d: %w", offset, ErrOffsetOutOfRange)
 	}
-	st, resp, err := c.call(ctx, p, &pb.Request{Op: pb.Op_GET_BLOB, Ref: ref.Bytes(), Offset: uint64(offset)})
+	st, resp, err := c.call(ctx, p, &pb.Request{Op: pb.Op_GET_BLOB, Ref: ref.Bytes(), Offset: uint64(offset), Distance: opts.Distance})
 	if err != nil {
-		return 0, 0, err
+		return Got{}, err
 	}
 	if resp.GetStatus() != pb.Status_OK {
 		st.Close()
-		return 0, 0, statusError(p, resp)
+		return Got{}, statusError(p, resp)
 	}
 	total := resp.GetSize()
+	offered, err := sharesFromWire(resp.GetSharesOffered())
 	switch {
+	case err != nil:
+		st.Reset()
+		return Got{}, fmt.Errorf("peer %s: %w: shares offered: %v", p, ErrProtocol, err)
 	case total > uint64(c.cfg.maxBlobSize):
 		st.Reset()
-		return 0, 0, fmt.Errorf("peer %s: %w: %d bytes", p, ErrTooLarge, total)
+		return Got{}, fmt.Errorf("peer %s: %w: %d bytes", p, ErrTooLarge, total)
 	case uint64(offset) > total || (offset > 0 && uint64(offset) == total):
 		st.Reset()
-		return 0, 0, fmt.Errorf("peer %s: %w: sent data from offset %d of a %d-byte blob", p, ErrProtocol, offset, total)
+		return Got{}, fmt.Errorf("peer %s: %w: sent data from offset %d of a %d-byte blob", p, ErrProtocol, offset, total)
 	}
-	size = int64(total)
+	got := Got{Size: int64(total), Offered: offered}
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
-	written, err = c.receive(st, w, offset, size, progress)
+	got.Written, err = c.receive(st, w, offset, got.Size, opts.Progress)
 	if !stop() {
 		err = context.Cause(ctx)
 	}
 	if err != nil {
 		st.Reset()
-		return size, written, fmt.Errorf("peer %s: %w", p, err)
+		return got, fmt.Errorf("peer %s: %w", p, err)
 	}
 	st.Close()
-	return size, written, nil
+	return got, nil
+}
+
+// AcceptBlobOwnership tells p that this peer verified and holds ref and took
+// the shares in taken (an acknowledgement even if taken is empty). It returns
+// the shares p granted — what this peer now owns, at most what it took — and
+// whether p keeps its copy.
+func (c *Client) AcceptBlobOwnership(ctx context.Context, p peer.ID, ref datastore.Ref, taken map[string]int32) (map[string]int32, bool, error) {
+	if _, err := sharesFromWire(taken); err != nil {
+		return nil, false, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	st, resp, err := c.call(ctx, p, &pb.Request{Op: pb.Op_ACCEPTED_BLOB_OWNERSHIP, Ref: ref.Bytes(), SharesTaken: taken})
+	if err != nil {
+		return nil, false, err
+	}
+	st.Close()
+	if resp.GetStatus() != pb.Status_OK {
+		return nil, false, statusError(p, resp)
+	}
+	granted, err := sharesFromWire(resp.GetSharesGranted())
+	if err != nil {
+		return nil, false, fmt.Errorf("peer %s: %w: shares granted: %v", p, ErrProtocol, err)
+	}
+	for sg, n := range granted {
+		if n > taken[sg] {
+			return nil, false, fmt.Errorf("peer %s: %w: granted %d shares of %s, %d taken", p, ErrProtocol, n, sg, taken[sg])
+		}
+	}
+	return granted, resp.GetKeeping(), nil
 }
 
 // receive copies the raw bytes [offset, size) from st to w.
@@ -200,52 +248,59 @@ func (c *Client) receive(st network.Stream, w io.Writer, offset, size int64, pro
 	return written, nil
 }
 
+// Fetched is what a Fetch brought.
+type Fetched struct {
+	Size    int64
+	Offered map[string]int32 // shares the responder offers, now the blob is verified
+}
+
 // Fetch fetches ref from p into store: it resumes from the partial file's
 // length, verifies the whole blob against ref and finalizes it. A partial file
 // the peer's copy cannot continue (longer than the blob, or a resumed blob
 // that fails verification) is discarded and the blob fetched once more from 0.
 // A peer whose bytes fail verification is named in a *BadDataError.
-func (c *Client) Fetch(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, progress Progress) (int64, error) {
-	size, resumed, err := c.fetchOnce(ctx, p, ref, store, progress)
+func (c *Client) Fetch(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, opts GetOptions) (Fetched, error) {
+	got, resumed, err := c.fetchOnce(ctx, p, ref, store, opts)
 	if resumed && (errors.Is(err, datastore.ErrHashMismatch) || errors.Is(err, errPartialTooLong)) {
-		size, _, err = c.fetchOnce(ctx, p, ref, store, progress) // the partial was discarded: start from 0
+		got, _, err = c.fetchOnce(ctx, p, ref, store, opts) // the partial was discarded: start from 0
 	}
-	return size, err
+	return got, err
 }
 
 var errPartialTooLong = errors.New("partial file longer than the blob")
 
 // fetchOnce makes one attempt; resumed reports whether it began past byte 0.
-func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, progress Progress) (size int64, resumed bool, err error) {
+func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, opts GetOptions) (got Fetched, resumed bool, err error) {
 	part, err := store.OpenPartial(ref)
 	if err != nil {
-		return 0, false, err
+		return Fetched{}, false, err
 	}
 	defer part.Close() // keeps what arrived, unless finalized or discarded
 	offset := part.Size()
 	resumed = offset > 0
-	size, _, err = c.GetBlob(ctx, p, ref, offset, part, progress)
+	g, err := c.GetBlob(ctx, p, ref, offset, part, opts)
+	got = Fetched{Size: g.Size, Offered: g.Offered}
 	var oe *OffsetError
 	if errors.As(err, &oe) && resumed {
 		switch {
 		case oe.Size == offset: // every byte is here already; only verification was missing
-			size, err = oe.Size, nil
+			got, err = Fetched{Size: oe.Size}, nil
 		case oe.Size < offset:
 			if derr := part.Discard(); derr != nil {
-				return 0, resumed, derr
+				return Fetched{}, resumed, derr
 			}
-			return 0, resumed, fmt.Errorf("blob %s: %w (%d > %d bytes); discarded", ref, errPartialTooLong, offset, oe.Size)
+			return Fetched{}, resumed, fmt.Errorf("blob %s: %w (%d > %d bytes); discarded", ref, errPartialTooLong, offset, oe.Size)
 		}
 	}
 	if err != nil {
-		return size, resumed, err
+		return got, resumed, err
 	}
 	if _, err := part.Finalize(); err != nil {
 		if errors.Is(err, datastore.ErrHashMismatch) {
-			return 0, resumed, &BadDataError{Peer: p, Ref: ref, ResumedAt: offset, ReceivedBytes: size - offset}
+			return Fetched{}, resumed, &BadDataError{Peer: p, Ref: ref, ResumedAt: offset, ReceivedBytes: got.Size - offset}
 		}
-		return 0, resumed, err
+		return Fetched{}, resumed, err
 	}
 	c.blobsFetched.Add(1)
-	return size, resumed, nil
+	return got, resumed, nil
 }

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/blobsync/blobsync/datastore"
@@ -47,4 +48,40 @@ func signpostFromWire(w *pb.Signpost, now time.Time) datastore.Signpost {
 		}
 	}
 	return sp
+}
+
+// MaxShares bounds one syncgroup's share count on the wire.
+const MaxShares = 1 << 20
+
+// sharesFromWire validates a share map: well-formed syncgroup IDs, counts in
+// [0, MaxShares], at most MaxSignpostSyncgroups entries.
+func sharesFromWire(m map[string]int32) (map[string]int32, error) {
+	if len(m) > datastore.MaxSignpostSyncgroups {
+		return nil, fmt.Errorf("%d syncgroups, at most %d", len(m), datastore.MaxSignpostSyncgroups)
+	}
+	for sg, n := range m {
+		if err := datastore.CheckSyncgroupID(sg); err != nil {
+			return nil, err
+		}
+		if n < 0 || n > MaxShares {
+			return nil, fmt.Errorf("%d shares of %s", n, sg)
+		}
+	}
+	return m, nil
+}
+
+// distanceFromWire validates a caller's distances to a server: well-formed
+// syncgroup IDs, at most MaxSignpostSyncgroups; values above 2 count as 2.
+func distanceFromWire(m map[string]uint32) (map[string]uint32, error) {
+	if len(m) > datastore.MaxSignpostSyncgroups {
+		return nil, fmt.Errorf("%d syncgroups, at most %d", len(m), datastore.MaxSignpostSyncgroups)
+	}
+	out := make(map[string]uint32, len(m))
+	for sg, d := range m {
+		if err := datastore.CheckSyncgroupID(sg); err != nil {
+			return nil, err
+		}
+		out[sg] = min(d, 2)
+	}
+	return out, nil
 }

@@ -19,7 +19,7 @@ func TestFetchFull(t *testing.T) {
 			b := newFetching(t, a.h, quic)
 
 			var lastDone, lastTotal int64
-			n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, func(done, total int64) { lastDone, lastTotal = done, total })
+			n, err := b.fetch(t.Context(), a.h.ID(), ref, func(done, total int64) { lastDone, lastTotal = done, total })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,7 +59,7 @@ func TestFetchResumesFromPartial(t *testing.T) {
 	p.Write(data[:have])
 	p.Close()
 
-	n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil)
+	n, err := b.fetch(t.Context(), a.h.ID(), ref, nil)
 	if err != nil || n != int64(len(data)) {
 		t.Fatalf("Fetch = %d, %v", n, err)
 	}
@@ -80,7 +80,7 @@ func TestFetchCompletePartialOnlyVerifies(t *testing.T) {
 	p.Write(data) // every byte arrived, but the fetch died before finalizing
 	p.Close()
 
-	if n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil || n != int64(len(data)) {
+	if n, err := b.fetch(t.Context(), a.h.ID(), ref, nil); err != nil || n != int64(len(data)) {
 		t.Fatalf("Fetch = %d, %v", n, err)
 	}
 	if sent := a.srv.Stats().BytesSent; sent != 0 {
@@ -100,7 +100,7 @@ func TestFetchPartialLongerThanBlobRestarts(t *testing.T) {
 	p.Write(append(bytes.Clone(data), "overflow"...))
 	p.Close()
 
-	if n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil || n != int64(len(data)) {
+	if n, err := b.fetch(t.Context(), a.h.ID(), ref, nil); err != nil || n != int64(len(data)) {
 		t.Fatalf("Fetch = %d, %v", n, err)
 	}
 	if !bytes.Equal(b.held(t, ref), data) {
@@ -119,7 +119,7 @@ func TestFetchCorruptPartialRestartsFromZeroOnce(t *testing.T) {
 	p.Write(bad)
 	p.Close()
 
-	n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil)
+	n, err := b.fetch(t.Context(), a.h.ID(), ref, nil)
 	if err != nil || n != int64(len(data)) {
 		t.Fatalf("Fetch = %d, %v", n, err)
 	}
@@ -138,7 +138,7 @@ func TestGetBlobOffsetAtOrPastEndIsAnError(t *testing.T) {
 	b := newFetching(t, a.h, false)
 	for _, off := range []int64{1000, 1001, 1 << 40} {
 		var w bytes.Buffer
-		_, written, err := b.client.GetBlob(t.Context(), a.h.ID(), ref, off, &w, nil)
+		_, written, err := b.getBlob(t.Context(), a.h.ID(), ref, off, &w)
 		var oe *OffsetError
 		if !errors.As(err, &oe) || oe.Size != 1000 || !errors.Is(err, ErrOffsetOutOfRange) {
 			t.Fatalf("offset %d: err = %v, want OffsetError with size 1000", off, err)
@@ -147,11 +147,11 @@ func TestGetBlobOffsetAtOrPastEndIsAnError(t *testing.T) {
 			t.Fatalf("offset %d: %d bytes written on error", off, w.Len())
 		}
 	}
-	if _, _, err := b.client.GetBlob(t.Context(), a.h.ID(), ref, -1, &bytes.Buffer{}, nil); !errors.Is(err, ErrOffsetOutOfRange) {
+	if _, _, err := b.getBlob(t.Context(), a.h.ID(), ref, -1, &bytes.Buffer{}); !errors.Is(err, ErrOffsetOutOfRange) {
 		t.Fatalf("negative offset: %v", err)
 	}
 	var w bytes.Buffer
-	size, written, err := b.client.GetBlob(t.Context(), a.h.ID(), ref, 999, &w, nil)
+	size, written, err := b.getBlob(t.Context(), a.h.ID(), ref, 999, &w)
 	if err != nil || size != 1000 || written != 1 || w.Bytes()[0] != data[999] {
 		t.Fatalf("last byte: size %d written %d err %v", size, written, err)
 	}
@@ -161,7 +161,7 @@ func TestEmptyBlob(t *testing.T) {
 	a := newServing(t, false)
 	ref := a.put(t, nil, true)
 	b := newFetching(t, a.h, false)
-	if n, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil || n != 0 {
+	if n, err := b.fetch(t.Context(), a.h.ID(), ref, nil); err != nil || n != 0 {
 		t.Fatalf("Fetch of the empty blob = %d, %v", n, err)
 	}
 	if size, ok, _ := b.store.Has(ref); !ok || size != 0 {
@@ -204,7 +204,7 @@ func TestServerCloseResetsTransfers(t *testing.T) {
 	var once bool
 	errc := make(chan error, 1)
 	go func() {
-		_, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, func(done, _ int64) {
+		_, err := b.fetch(t.Context(), a.h.ID(), ref, func(done, _ int64) {
 			if !once {
 				once = true
 				close(started)
@@ -232,7 +232,7 @@ func TestFetchCancelledKeepsPartial(t *testing.T) {
 	ref := a.put(t, data, true)
 	b := newFetching(t, a.h, false)
 	ctx, cancel := context.WithCancel(t.Context())
-	_, err := b.client.Fetch(ctx, a.h.ID(), ref, b.store, func(done, _ int64) {
+	_, err := b.fetch(ctx, a.h.ID(), ref, func(done, _ int64) {
 		if done > 1<<20 {
 			cancel()
 		}
@@ -244,7 +244,7 @@ func TestFetchCancelledKeepsPartial(t *testing.T) {
 	if kept <= 1<<20 {
 		t.Fatalf("partial holds %d bytes", kept)
 	}
-	if _, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil {
+	if _, err := b.fetch(t.Context(), a.h.ID(), ref, nil); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(b.held(t, ref), data) {
@@ -269,7 +269,7 @@ func TestUploadRateCapsTheServer(t *testing.T) {
 	ref := a.put(t, data, true)
 	b := newFetching(t, a.h, false)
 	start := time.Now()
-	if _, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil {
+	if _, err := b.fetch(t.Context(), a.h.ID(), ref, nil); err != nil {
 		t.Fatal(err)
 	}
 	// 2 MiB at 4 MiB/s with a 64 KiB burst cannot take less than ~0.48 s.

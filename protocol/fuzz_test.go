@@ -35,6 +35,8 @@ func FuzzRequest(f *testing.F) {
 		&pb.Request{Op: pb.Op_GET_BLOB, Ref: fuzzRef.Bytes(), Offset: 12345},
 		&pb.Request{Op: pb.Op_HAVE_BLOB, Ref: fuzzRef.Bytes()},
 		&pb.Request{Op: 7, Ref: []byte("../x")},
+		&pb.Request{Op: pb.Op_ACCEPTED_BLOB_OWNERSHIP, Ref: fuzzRef.Bytes(), SharesTaken: map[string]int32{"/blobsync/sg/a": 2, "bad": -1}},
+		&pb.Request{Op: pb.Op_GET_BLOB, Ref: fuzzRef.Bytes(), Distance: map[string]uint32{"/blobsync/sg/a": 9}},
 	)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)
@@ -50,6 +52,20 @@ func FuzzRequest(f *testing.F) {
 		}
 		if ref, err := datastore.RefFromBytes(req.GetRef()); err == nil && !bytes.Equal(ref.Bytes(), req.GetRef()) {
 			t.Fatalf("ref %s accepted in non-canonical form %x", ref, req.GetRef())
+		}
+		if taken, err := sharesFromWire(req.GetSharesTaken()); err == nil {
+			for sg, n := range taken {
+				if n < 0 || n > MaxShares || datastore.CheckSyncgroupID(sg) != nil {
+					t.Fatalf("accepted %d shares of %q", n, sg)
+				}
+			}
+		}
+		if d, err := distanceFromWire(req.GetDistance()); err == nil {
+			for _, v := range d {
+				if v > 2 {
+					t.Fatalf("distance %d kept", v)
+				}
+			}
 		}
 	})
 }
@@ -80,6 +96,15 @@ func FuzzResponse(f *testing.F) {
 				t.Fatal("non-OK status mapped to no error")
 			} else if bytes.ContainsAny([]byte(err.Error()), "\x1b\x00\n") {
 				t.Fatalf("control characters in error %q", err)
+			}
+		}
+		for _, m := range []map[string]int32{resp.GetSharesOffered(), resp.GetSharesGranted()} {
+			if shares, err := sharesFromWire(m); err == nil {
+				for sg, n := range shares {
+					if n < 0 || n > MaxShares || datastore.CheckSyncgroupID(sg) != nil {
+						t.Fatalf("accepted %d shares of %q", n, sg)
+					}
+				}
 			}
 		}
 		sp := signpostFromWire(resp.GetSignpost(), now)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"io"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -66,12 +67,38 @@ type testPolicy struct {
 	mu        sync.Mutex
 	public    map[datastore.Ref]bool
 	signposts map[datastore.Ref]datastore.Signpost
+	offers    map[datastore.Ref]map[string]int32
+	accepts   []accept
+	keeping   bool
 }
 
 func (p *testPolicy) MayServe(_ context.Context, _ peer.ID, ref datastore.Ref) (bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.public[ref], nil
+}
+
+func (p *testPolicy) Offer(_ context.Context, _ peer.ID, ref datastore.Ref, _ map[string]uint32) (map[string]int32, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.offers[ref], nil
+}
+
+func (p *testPolicy) Accepted(_ context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32) (map[string]int32, bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.accepts = append(p.accepts, accept{caller, ref, taken})
+	granted := map[string]int32{}
+	for sg, n := range taken {
+		granted[sg] = min(n, p.offers[ref][sg])
+	}
+	return granted, p.keeping, nil
+}
+
+type accept struct {
+	caller peer.ID
+	ref    datastore.Ref
+	taken  map[string]int32
 }
 
 func (p *testPolicy) VisibleSignpost(_ context.Context, _ peer.ID, ref datastore.Ref) (datastore.Signpost, error) {
@@ -161,3 +188,15 @@ func (f *fetching) partialSize(t testing.TB, ref datastore.Ref) int64 {
 }
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+
+// fetch fetches ref from p into f's store and returns its size.
+func (f *fetching) fetch(ctx context.Context, p peer.ID, ref datastore.Ref, progress Progress) (int64, error) {
+	got, err := f.client.Fetch(ctx, p, ref, f.store, GetOptions{Progress: progress})
+	return got.Size, err
+}
+
+// getBlob gets ref from p at offset into w: the blob's size, bytes written.
+func (f *fetching) getBlob(ctx context.Context, p peer.ID, ref datastore.Ref, offset int64, w io.Writer) (int64, int64, error) {
+	got, err := f.client.GetBlob(ctx, p, ref, offset, w, GetOptions{})
+	return got.Size, got.Written, err
+}

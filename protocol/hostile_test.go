@@ -39,7 +39,7 @@ func TestPeerSendingWrongBytesIsNamedAndNothingKept(t *testing.T) {
 		st.Close()
 	})
 	b := newFetching(t, liar, false)
-	_, err := b.client.Fetch(t.Context(), liar.ID(), ref, b.store, nil)
+	_, err := b.fetch(t.Context(), liar.ID(), ref, nil)
 	var bad *BadDataError
 	if !errors.As(err, &bad) || bad.Peer != liar.ID() || bad.Ref != ref || !errors.Is(err, datastore.ErrHashMismatch) {
 		t.Fatalf("Fetch from a liar: %v; want BadDataError naming %s", err, liar.ID())
@@ -66,14 +66,14 @@ func TestShortStreamKeepsPartialForResume(t *testing.T) {
 	})
 	b := newFetching(t, flaky, false)
 	introduce(b.h, a.h)
-	_, err := b.client.Fetch(t.Context(), flaky.ID(), ref, b.store, nil)
+	_, err := b.fetch(t.Context(), flaky.ID(), ref, nil)
 	if !errors.Is(err, ErrProtocol) {
 		t.Fatalf("short stream: %v, want ErrProtocol", err)
 	}
 	if n := b.partialSize(t, ref); n != sent {
 		t.Fatalf("partial holds %d bytes, want %d", n, sent)
 	}
-	if _, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil {
+	if _, err := b.fetch(t.Context(), a.h.ID(), ref, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := a.srv.Stats().BytesSent; got != int64(len(data)-sent) {
@@ -103,7 +103,7 @@ func TestLyingHeaders(t *testing.T) {
 			h := newHost(t, false)
 			fakeServer(t, h, func(st network.Stream, _ *pb.Request) { writeMsg(st, tc.resp); st.Close() })
 			b := newFetching(t, h, false, MaxBlobSize(1<<30))
-			_, err := b.client.Fetch(t.Context(), h.ID(), ref, b.store, nil)
+			_, err := b.fetch(t.Context(), h.ID(), ref, nil)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
@@ -130,7 +130,7 @@ func TestStalledPeerIsCutOff(t *testing.T) {
 		st.Reset()
 	})
 	b := newFetching(t, staller, false, StallTimeout(200*time.Millisecond, 1))
-	_, err := b.client.Fetch(t.Context(), staller.ID(), ref, b.store, nil)
+	_, err := b.fetch(t.Context(), staller.ID(), ref, nil)
 	if !errors.Is(err, ErrTooSlow) {
 		t.Fatalf("stalled peer: %v, want ErrTooSlow", err)
 	}
@@ -163,7 +163,7 @@ func TestTricklingPeerIsCutOff(t *testing.T) {
 	})
 	// Never idle for 200ms, but ~50 bytes/s is far below 10 KB/s.
 	b := newFetching(t, trickler, false, StallTimeout(200*time.Millisecond, 10_000))
-	_, err := b.client.Fetch(t.Context(), trickler.ID(), ref, b.store, nil)
+	_, err := b.fetch(t.Context(), trickler.ID(), ref, nil)
 	if !errors.Is(err, ErrTooSlow) {
 		t.Fatalf("trickling peer: %v, want ErrTooSlow", err)
 	}
@@ -222,7 +222,7 @@ func TestUnknownAndPrivateBlobsGetTheSameAnswer(t *testing.T) {
 	}
 	b := newFetching(t, a.h, false)
 	for _, ref := range []datastore.Ref{private, unknown} {
-		if _, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); !errors.Is(err, ErrNotFound) {
+		if _, err := b.fetch(t.Context(), a.h.ID(), ref, nil); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("Fetch(%s) = %v, want ErrNotFound", ref, err)
 		}
 		if have, err := b.client.HaveBlob(t.Context(), a.h.ID(), ref); err != nil || have.Held || !have.Signpost.IsZero() {
@@ -277,7 +277,7 @@ func TestMalformedRequestsAreRefused(t *testing.T) {
 	}
 	// The server still serves well-formed requests afterwards.
 	b := newFetching(t, a.h, false)
-	if _, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, nil); err != nil {
+	if _, err := b.fetch(t.Context(), a.h.ID(), ref, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -298,7 +298,7 @@ func TestMalformedResponsesAreRejected(t *testing.T) {
 			if _, err := b.client.HaveBlob(t.Context(), h.ID(), ref); !errors.Is(err, ErrProtocol) {
 				t.Fatalf("HaveBlob: %v, want ErrProtocol", err)
 			}
-			if _, err := b.client.Fetch(t.Context(), h.ID(), ref, b.store, nil); !errors.Is(err, ErrProtocol) {
+			if _, err := b.fetch(t.Context(), h.ID(), ref, nil); !errors.Is(err, ErrProtocol) {
 				t.Fatalf("Fetch: %v, want ErrProtocol", err)
 			}
 		})

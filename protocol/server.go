@@ -41,6 +41,13 @@ type Policy interface {
 	MayServe(ctx context.Context, caller peer.ID, ref datastore.Ref) (bool, error)
 	// VisibleSignpost returns this peer's signpost for ref, filtered to what caller may see.
 	VisibleSignpost(ctx context.Context, caller peer.ID, ref datastore.Ref) (datastore.Signpost, error)
+	// Offer returns the ownership shares this peer offers caller, which is
+	// fetching ref from it at the given distances to a server (DESIGN §7).
+	Offer(ctx context.Context, caller peer.ID, ref datastore.Ref, distance map[string]uint32) (map[string]int32, error)
+	// Accepted records that caller verified and holds ref and took shares;
+	// it grants at most what this peer has, atomically, and reports whether
+	// this peer keeps its copy.
+	Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32) (granted map[string]int32, keeping bool, err error)
 }
 
 // ServerStats counts what a Server has served.
@@ -142,7 +149,17 @@ func (s *Server) handleStream(st network.Stream) error {
 	case pb.Op_HAVE_BLOB:
 		return writeMsg(st, s.haveBlob(caller, ref))
 	case pb.Op_GET_BLOB:
-		return s.getBlob(st, caller, ref, req.GetOffset())
+		distance, err := distanceFromWire(req.GetDistance())
+		if err != nil {
+			return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
+		}
+		return s.getBlob(st, caller, ref, req.GetOffset(), distance)
+	case pb.Op_ACCEPTED_BLOB_OWNERSHIP:
+		taken, err := sharesFromWire(req.GetSharesTaken())
+		if err != nil {
+			return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
+		}
+		return writeMsg(st, s.accepted(caller, ref, taken))
 	default:
 		return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: fmt.Sprintf("unknown op %d", req.GetOp())})
 	}
@@ -188,7 +205,24 @@ func (s *Server) notFound(caller peer.ID, ref datastore.Ref) *pb.Response {
 	return &pb.Response{Status: pb.Status_NOT_FOUND, Signpost: signpostToWire(sp)}
 }
 
-func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, offset uint64) error {
+// accepted answers AcceptedBlobOwnership: only from a caller that may have
+// the blob (anyone else gets the unknown-blob answer).
+func (s *Server) accepted(caller peer.ID, ref datastore.Ref, taken map[string]int32) *pb.Response {
+	ok, err := s.policy.MayServe(s.ctx, caller, ref)
+	if err != nil {
+		return s.internal(err)
+	}
+	if !ok {
+		return &pb.Response{Status: pb.Status_NOT_FOUND}
+	}
+	granted, keeping, err := s.policy.Accepted(s.ctx, caller, ref, taken)
+	if err != nil {
+		return s.internal(err)
+	}
+	return &pb.Response{Status: pb.Status_OK, SharesGranted: granted, Keeping: keeping}
+}
+
+func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, offset uint64, distance map[string]uint32) error {
 	f, size, fail := s.open(caller, ref)
 	if fail != nil {
 		return writeMsg(st, fail)
@@ -204,7 +238,11 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 		return writeMsg(st, &pb.Response{Status: pb.Status_BUSY, Message: "out of memory for transfers"})
 	}
 	defer st.Scope().ReleaseMemory(s.cfg.bufferSize)
-	if err := writeMsg(st, &pb.Response{Status: pb.Status_OK, Size: uint64(size)}); err != nil {
+	offered, err := s.policy.Offer(s.ctx, caller, ref, distance)
+	if err != nil {
+		return writeMsg(st, s.internal(err))
+	}
+	if err := writeMsg(st, &pb.Response{Status: pb.Status_OK, Size: uint64(size), SharesOffered: offered}); err != nil {
 		return err
 	}
 

@@ -64,6 +64,9 @@ type statusResponse struct {
 	Peers     []peerStatus         `json:"peers"`
 	Blobs     int                  `json:"blobs"`
 	BlobBytes int64                `json:"blob_bytes"`
+	Owned     int                  `json:"owned"`  // blobs held with shares or a pin
+	Pinned    int                  `json:"pinned"` // blobs pinned
+	Droppable int                  `json:"droppable"`
 	Partials  []datastore.BlobInfo `json:"partials"`
 	Transfers blobsync.Stats       `json:"transfers"`
 	Fetch     fetchQueueView       `json:"fetch_queue"`
@@ -128,6 +131,9 @@ func (a *api) routes() http.Handler {
 	mux.HandleFunc("POST /v1/sg/join", a.sgJoin)
 	mux.HandleFunc("GET /v1/sg", a.sgList)
 	mux.HandleFunc("GET /v1/sg/members", a.sgMembers)
+	mux.HandleFunc("POST /v1/pin/{ref}", a.pin(true))
+	mux.HandleFunc("POST /v1/unpin/{ref}", a.pin(false))
+	mux.HandleFunc("POST /v1/gc", a.gc)
 	return mux
 }
 
@@ -232,6 +238,9 @@ func (a *api) blob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	if err := a.node.Touch(r.Context(), ref); err != nil {
+		a.log.Warn("recording a read", "ref", ref, "err", err)
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	http.ServeContent(w, r, "", time.Time{}, f)
 }
@@ -312,6 +321,15 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 	st.Blobs = len(blobs)
 	for _, b := range blobs {
 		st.BlobBytes += b.Size
+		switch {
+		case b.Owned():
+			st.Owned++
+		case b.Holders > 0:
+			st.Droppable++
+		}
+		if b.Pinned {
+			st.Pinned++
+		}
 	}
 	if st.Partials, err = a.node.Partials(); err != nil {
 		fail(w, http.StatusInternalServerError, err)

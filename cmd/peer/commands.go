@@ -139,9 +139,13 @@ func cmdLs(ctx context.Context, args []string, e env) error {
 		return writeJSON(e.stdout, blobs)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REF\tSIZE\tPUBLIC\tCREATED")
+	fmt.Fprintln(tw, "REF\tSIZE\tSHARES\tPINNED\tPUBLIC\tCREATED")
 	for _, b := range blobs {
-		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", b.Ref, formatBytes(b.Size), b.Public, b.Created.Local().Format(time.DateTime))
+		var shares int32
+		for _, n := range b.Shares {
+			shares += n
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%v\t%v\t%s\n", b.Ref, formatBytes(b.Size), shares, b.Pinned, b.Public, b.Created.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
 }
@@ -173,7 +177,8 @@ func cmdStatus(ctx context.Context, args []string, e env) error {
 			fmt.Fprintf(w, "          %s via %s\n", p.ID, a)
 		}
 	}
-	fmt.Fprintf(w, "blobs     %d held, %s\n", st.Blobs, formatBytes(st.BlobBytes))
+	fmt.Fprintf(w, "blobs     %d held, %s: %d owned (shares or pin), %d pinned, %d droppable by gc\n",
+		st.Blobs, formatBytes(st.BlobBytes), st.Owned, st.Pinned, st.Droppable)
 	for _, p := range st.Partials {
 		fmt.Fprintf(w, "partial   %s %s so far\n", p.Ref, formatBytes(p.Size))
 	}

@@ -24,21 +24,30 @@ func cmdDaemon(ctx context.Context, args []string, e env) error {
 	var listen stringList
 	c.fs.Var(&listen, "listen", "multiaddr to listen on (repeatable; default: config.json)")
 	logLevel := c.fs.String("log-level", "info", "debug, info, warn or error")
+	maxStorage := c.fs.String("max-storage", "", "storage budget, e.g. 10GiB (default: config.json's, else none)")
 	if _, err := c.parse(args, 0, 0); err != nil {
 		return err
+	}
+	var budget int64 = -1
+	if *maxStorage != "" {
+		b, err := parseSize(*maxStorage)
+		if err != nil {
+			return fmt.Errorf("%w: --max-storage: %v", errUsage, err)
+		}
+		budget = b
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, *logLevel)
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
-	return runDaemon(ctx, layout(c.dataDir), listen, log)
+	return runDaemon(ctx, layout(c.dataDir), listen, budget, log)
 }
 
 // runDaemon runs a node on the data directory until ctx is cancelled, then
 // shuts down: the control API, the node, the host and the datastore, in order.
-func runDaemon(ctx context.Context, l layout, listen []string, log *slog.Logger) error {
-	rt, err := openNode(l, listen, log)
+func runDaemon(ctx context.Context, l layout, listen []string, budget int64, log *slog.Logger) error {
+	rt, err := openNode(l, listen, budget, log)
 	if err != nil {
 		return err
 	}
@@ -83,11 +92,15 @@ type runningNode struct {
 }
 
 // openNode starts the node of an initialized data directory, listening on
-// listen if given, else on config.json's addresses.
-func openNode(l layout, listen []string, log *slog.Logger) (*runningNode, error) {
+// listen if given, else on config.json's addresses, with the storage budget
+// given if not negative, else config.json's.
+func openNode(l layout, listen []string, budget int64, log *slog.Logger) (*runningNode, error) {
 	cfg, err := loadConfig(l)
 	if err != nil {
 		return nil, err
+	}
+	if budget < 0 {
+		budget = cfg.Limits.MaxStorage
 	}
 	if len(listen) > 0 {
 		cfg.Listen = listen
@@ -131,7 +144,8 @@ func openNode(l layout, listen []string, log *slog.Logger) (*runningNode, error)
 	node, err := blobsync.New(h, d, l.blobs(),
 		blobsync.WithLogger(log),
 		blobsync.WithProtocolOptions(protocol.MaxBlobSize(cfg.Limits.MaxBlobSize), protocol.UploadRate(cfg.Limits.MaxUploadRate)),
-		blobsync.WithFetcherOptions([]fetcher.Option{fetcher.Concurrency(cfg.Limits.FetchConcurrency)}))
+		blobsync.WithFetcherOptions([]fetcher.Option{fetcher.Concurrency(cfg.Limits.FetchConcurrency)}),
+		blobsync.WithStorageBudget(budget))
 	if err != nil {
 		h.Close()
 		d.Close()

@@ -44,6 +44,9 @@ type limitsConfig struct {
 	MaxUploadRate int64 `json:"max_upload_rate"`
 	// FetchConcurrency is how many blobs the server fetcher fetches at once.
 	FetchConcurrency int `json:"fetch_concurrency"`
+	// MaxStorage is the storage budget in bytes: above it, copies this peer
+	// does not own are dropped, least recently used first. 0: no budget.
+	MaxStorage int64 `json:"max_storage"`
 }
 
 func defaultConfig() fileConfig {
@@ -68,6 +71,9 @@ func (c fileConfig) validate() error {
 	}
 	if c.Limits.MaxUploadRate < 0 {
 		return fmt.Errorf("config: limits.max_upload_rate %d must not be negative", c.Limits.MaxUploadRate)
+	}
+	if c.Limits.MaxStorage < 0 {
+		return fmt.Errorf("config: limits.max_storage %d must not be negative", c.Limits.MaxStorage)
 	}
 	if c.Limits.FetchConcurrency <= 0 {
 		return fmt.Errorf("config: limits.fetch_concurrency %d must be positive", c.Limits.FetchConcurrency)

@@ -19,7 +19,9 @@ Usage: peer COMMAND [ARGS] [--data DIR] [--json]
 
 Commands:
   init                         create identity and datastore; print the peer ID
-  daemon [--listen MA]...      run the node until SIGINT or SIGTERM
+  daemon [--listen MA]... [--max-storage SIZE]
+                               run the node until SIGINT or SIGTERM; with a storage
+                               budget, copies it does not own are dropped to meet it
   id                           peer ID and listen addresses
   put FILE [--public] [--sg SGID]...
                                store a blob and print its BlobRef (FILE - is stdin);
@@ -35,7 +37,9 @@ Commands:
                                (from the peers given, else where its signpost points)
   has REF                      exit 0 and print the size if held here, exit 1 if not
   ls                           blobs held here
-  status                       peers, blobs, transfers
+  status                       peers, blobs, shares and pins, transfers, fetch queue
+  pin REF, unpin REF           keep a held blob here whatever its shares; release it
+  gc                           drop copies this peer no longer owns (never the last copy)
   demo                         a local demonstration: a device and two servers on 127.0.0.1
 
 --data DIR defaults to $BLOBSYNC_DATA, else ~/.blobsync.
@@ -112,6 +116,12 @@ func run(ctx context.Context, args []string, e env) error {
 		return cmdStatus(ctx, rest, e)
 	case "sg":
 		return cmdSg(ctx, rest, e)
+	case "pin":
+		return cmdPin(true)(ctx, rest, e)
+	case "unpin":
+		return cmdPin(false)(ctx, rest, e)
+	case "gc":
+		return cmdGC(ctx, rest, e)
 	case "demo":
 		return cmdDemo(ctx, rest, e)
 	case "help", "-h", "--help":

@@ -109,3 +109,16 @@ func TestUnknownCommand(t *testing.T) {
 		t.Fatalf("no command: %v", err)
 	}
 }
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1000": 1000, "10MB": 10_000_000, "1.5GiB": 3 << 29, "512k": 512_000, "2Ti": 2 << 40, " 7 B": 7} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "ten", "-5", "5XB", "1e30", "MB"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}

@@ -28,9 +28,10 @@ const (
 type Op int32
 
 const (
-	Op_OP_UNSPECIFIED Op = 0
-	Op_HAVE_BLOB      Op = 1 // do you hold ref? -> size, or NOT_FOUND plus your signpost
-	Op_GET_BLOB       Op = 2 // send ref from offset -> size, then bytes [offset, size)
+	Op_OP_UNSPECIFIED          Op = 0
+	Op_HAVE_BLOB               Op = 1 // do you hold ref? -> size, or NOT_FOUND plus your signpost
+	Op_GET_BLOB                Op = 2 // send ref from offset -> size and shares offered, then bytes [offset, size)
+	Op_ACCEPTED_BLOB_OWNERSHIP Op = 3 // I hold ref now and took these shares -> shares granted, whether you keep it
 )
 
 // Enum value maps for Op.
@@ -39,11 +40,13 @@ var (
 		0: "OP_UNSPECIFIED",
 		1: "HAVE_BLOB",
 		2: "GET_BLOB",
+		3: "ACCEPTED_BLOB_OWNERSHIP",
 	}
 	Op_value = map[string]int32{
-		"OP_UNSPECIFIED": 0,
-		"HAVE_BLOB":      1,
-		"GET_BLOB":       2,
+		"OP_UNSPECIFIED":          0,
+		"HAVE_BLOB":               1,
+		"GET_BLOB":                2,
+		"ACCEPTED_BLOB_OWNERSHIP": 3,
 	}
 )
 
@@ -142,10 +145,15 @@ func (Status) EnumDescriptor() ([]byte, []int) {
 }
 
 type Request struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Op            Op                     `protobuf:"varint,1,opt,name=op,proto3,enum=blobsync.protocol.Op" json:"op,omitempty"`
-	Ref           []byte                 `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`        // binary BlobRef: CIDv1, raw, BLAKE3-256
-	Offset        uint64                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"` // GET_BLOB: first byte wanted
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Op     Op                     `protobuf:"varint,1,opt,name=op,proto3,enum=blobsync.protocol.Op" json:"op,omitempty"`
+	Ref    []byte                 `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`        // binary BlobRef: CIDv1, raw, BLAKE3-256
+	Offset uint64                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"` // GET_BLOB: first byte wanted
+	// GET_BLOB: the caller's distance to a server, per syncgroup (0: it is one;
+	// 1: connected to one; 2: neither). Ranks the caller for share offers.
+	Distance map[string]uint32 `protobuf:"bytes,4,rep,name=distance,proto3" json:"distance,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// ACCEPTED_BLOB_OWNERSHIP: the shares the caller took, per syncgroup.
+	SharesTaken   map[string]int32 `protobuf:"bytes,5,rep,name=shares_taken,json=sharesTaken,proto3" json:"shares_taken,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -199,6 +207,20 @@ func (x *Request) GetOffset() uint64 {
 		return x.Offset
 	}
 	return 0
+}
+
+func (x *Request) GetDistance() map[string]uint32 {
+	if x != nil {
+		return x.Distance
+	}
+	return nil
+}
+
+func (x *Request) GetSharesTaken() map[string]int32 {
+	if x != nil {
+		return x.SharesTaken
+	}
+	return nil
 }
 
 type Location struct {
@@ -325,9 +347,12 @@ func (x *Signpost) GetSgIds() []string {
 type Response struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Status        Status                 `protobuf:"varint,1,opt,name=status,proto3,enum=blobsync.protocol.Status" json:"status,omitempty"`
-	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`        // OK, OFFSET_OUT_OF_RANGE: the blob's total size
-	Signpost      *Signpost              `protobuf:"bytes,3,opt,name=signpost,proto3" json:"signpost,omitempty"` // HAVE_BLOB NOT_FOUND: where else to look
-	Message       string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`   // human-readable detail for errors
+	Size          uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`                                                                                                                  // OK, OFFSET_OUT_OF_RANGE: the blob's total size
+	Signpost      *Signpost              `protobuf:"bytes,3,opt,name=signpost,proto3" json:"signpost,omitempty"`                                                                                                           // HAVE_BLOB NOT_FOUND: where else to look
+	Message       string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`                                                                                                             // human-readable detail for errors
+	SharesOffered map[string]int32       `protobuf:"bytes,5,rep,name=shares_offered,json=sharesOffered,proto3" json:"shares_offered,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // GET_BLOB OK: shares the caller may take after verifying
+	SharesGranted map[string]int32       `protobuf:"bytes,6,rep,name=shares_granted,json=sharesGranted,proto3" json:"shares_granted,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // ACCEPTED_BLOB_OWNERSHIP: shares the caller now has
+	Keeping       bool                   `protobuf:"varint,7,opt,name=keeping,proto3" json:"keeping,omitempty"`                                                                                                            // ACCEPTED_BLOB_OWNERSHIP: the responder keeps its copy
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -390,16 +415,45 @@ func (x *Response) GetMessage() string {
 	return ""
 }
 
+func (x *Response) GetSharesOffered() map[string]int32 {
+	if x != nil {
+		return x.SharesOffered
+	}
+	return nil
+}
+
+func (x *Response) GetSharesGranted() map[string]int32 {
+	if x != nil {
+		return x.SharesGranted
+	}
+	return nil
+}
+
+func (x *Response) GetKeeping() bool {
+	if x != nil {
+		return x.Keeping
+	}
+	return false
+}
+
 var File_blob_proto protoreflect.FileDescriptor
 
 const file_blob_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"blob.proto\x12\x11blobsync.protocol\"Z\n" +
+	"blob.proto\x12\x11blobsync.protocol\"\xed\x02\n" +
 	"\aRequest\x12%\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x15.blobsync.protocol.OpR\x02op\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\fR\x03ref\x12\x16\n" +
-	"\x06offset\x18\x03 \x01(\x04R\x06offset\"\x85\x01\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12D\n" +
+	"\bdistance\x18\x04 \x03(\v2(.blobsync.protocol.Request.DistanceEntryR\bdistance\x12N\n" +
+	"\fshares_taken\x18\x05 \x03(\v2+.blobsync.protocol.Request.SharesTakenEntryR\vsharesTaken\x1a;\n" +
+	"\rDistanceEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a>\n" +
+	"\x10SharesTakenEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\x85\x01\n" +
 	"\bLocation\x12\x12\n" +
 	"\x04peer\x18\x01 \x01(\fR\x04peer\x12-\n" +
 	"\x13when_seen_unix_nano\x18\x02 \x01(\x03R\x10whenSeenUnixNano\x12\x1b\n" +
@@ -407,16 +461,26 @@ const file_blob_proto_rawDesc = "" +
 	"\bis_proxy\x18\x04 \x01(\bR\aisProxy\"\\\n" +
 	"\bSignpost\x129\n" +
 	"\tlocations\x18\x01 \x03(\v2\x1b.blobsync.protocol.LocationR\tlocations\x12\x15\n" +
-	"\x06sg_ids\x18\x02 \x03(\tR\x05sgIds\"\xa4\x01\n" +
+	"\x06sg_ids\x18\x02 \x03(\tR\x05sgIds\"\xf0\x03\n" +
 	"\bResponse\x121\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x19.blobsync.protocol.StatusR\x06status\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x127\n" +
 	"\bsignpost\x18\x03 \x01(\v2\x1b.blobsync.protocol.SignpostR\bsignpost\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage*5\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x12U\n" +
+	"\x0eshares_offered\x18\x05 \x03(\v2..blobsync.protocol.Response.SharesOfferedEntryR\rsharesOffered\x12U\n" +
+	"\x0eshares_granted\x18\x06 \x03(\v2..blobsync.protocol.Response.SharesGrantedEntryR\rsharesGranted\x12\x18\n" +
+	"\akeeping\x18\a \x01(\bR\akeeping\x1a@\n" +
+	"\x12SharesOfferedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a@\n" +
+	"\x12SharesGrantedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01*R\n" +
 	"\x02Op\x12\x12\n" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tHAVE_BLOB\x10\x01\x12\f\n" +
-	"\bGET_BLOB\x10\x02*\x95\x01\n" +
+	"\bGET_BLOB\x10\x02\x12\x1b\n" +
+	"\x17ACCEPTED_BLOB_OWNERSHIP\x10\x03*\x95\x01\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n" +
 	"\x02OK\x10\x01\x12\r\n" +
@@ -441,7 +505,7 @@ func file_blob_proto_rawDescGZIP() []byte {
 }
 
 var file_blob_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_blob_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_blob_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_blob_proto_goTypes = []any{
 	(Op)(0),          // 0: blobsync.protocol.Op
 	(Status)(0),      // 1: blobsync.protocol.Status
@@ -449,17 +513,25 @@ var file_blob_proto_goTypes = []any{
 	(*Location)(nil), // 3: blobsync.protocol.Location
 	(*Signpost)(nil), // 4: blobsync.protocol.Signpost
 	(*Response)(nil), // 5: blobsync.protocol.Response
+	nil,              // 6: blobsync.protocol.Request.DistanceEntry
+	nil,              // 7: blobsync.protocol.Request.SharesTakenEntry
+	nil,              // 8: blobsync.protocol.Response.SharesOfferedEntry
+	nil,              // 9: blobsync.protocol.Response.SharesGrantedEntry
 }
 var file_blob_proto_depIdxs = []int32{
 	0, // 0: blobsync.protocol.Request.op:type_name -> blobsync.protocol.Op
-	3, // 1: blobsync.protocol.Signpost.locations:type_name -> blobsync.protocol.Location
-	1, // 2: blobsync.protocol.Response.status:type_name -> blobsync.protocol.Status
-	4, // 3: blobsync.protocol.Response.signpost:type_name -> blobsync.protocol.Signpost
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 1: blobsync.protocol.Request.distance:type_name -> blobsync.protocol.Request.DistanceEntry
+	7, // 2: blobsync.protocol.Request.shares_taken:type_name -> blobsync.protocol.Request.SharesTakenEntry
+	3, // 3: blobsync.protocol.Signpost.locations:type_name -> blobsync.protocol.Location
+	1, // 4: blobsync.protocol.Response.status:type_name -> blobsync.protocol.Status
+	4, // 5: blobsync.protocol.Response.signpost:type_name -> blobsync.protocol.Signpost
+	8, // 6: blobsync.protocol.Response.shares_offered:type_name -> blobsync.protocol.Response.SharesOfferedEntry
+	9, // 7: blobsync.protocol.Response.shares_granted:type_name -> blobsync.protocol.Response.SharesGrantedEntry
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_blob_proto_init() }
@@ -473,7 +545,7 @@ func file_blob_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blob_proto_rawDesc), len(file_blob_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   4,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -153,12 +153,17 @@ func (x *Signpost) GetFetchAttempts() uint32 {
 }
 
 type BlobMeta struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Size            uint64                 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
-	Public          bool                   `protobuf:"varint,2,opt,name=public,proto3" json:"public,omitempty"`
-	CreatedUnixNano int64                  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Size               uint64                 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	Public             bool                   `protobuf:"varint,2,opt,name=public,proto3" json:"public,omitempty"`
+	CreatedUnixNano    int64                  `protobuf:"varint,3,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	Shares             map[string]int32       `protobuf:"bytes,4,rep,name=shares,proto3" json:"shares,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // ownership shares per syncgroup
+	Pinned             bool                   `protobuf:"varint,5,opt,name=pinned,proto3" json:"pinned,omitempty"`
+	Holders            [][]byte               `protobuf:"bytes,6,rep,name=holders,proto3" json:"holders,omitempty"`                                                    // peers that acknowledged holding it
+	ReferencedUnixNano int64                  `protobuf:"varint,7,opt,name=referenced_unix_nano,json=referencedUnixNano,proto3" json:"referenced_unix_nano,omitempty"` // last put or announced
+	AccessedUnixNano   int64                  `protobuf:"varint,8,opt,name=accessed_unix_nano,json=accessedUnixNano,proto3" json:"accessed_unix_nano,omitempty"`       // last served or read
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *BlobMeta) Reset() {
@@ -208,6 +213,41 @@ func (x *BlobMeta) GetPublic() bool {
 func (x *BlobMeta) GetCreatedUnixNano() int64 {
 	if x != nil {
 		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *BlobMeta) GetShares() map[string]int32 {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+func (x *BlobMeta) GetPinned() bool {
+	if x != nil {
+		return x.Pinned
+	}
+	return false
+}
+
+func (x *BlobMeta) GetHolders() [][]byte {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+func (x *BlobMeta) GetReferencedUnixNano() int64 {
+	if x != nil {
+		return x.ReferencedUnixNano
+	}
+	return 0
+}
+
+func (x *BlobMeta) GetAccessedUnixNano() int64 {
+	if x != nil {
+		return x.AccessedUnixNano
 	}
 	return 0
 }
@@ -517,11 +557,19 @@ const file_meta_proto_rawDesc = "" +
 	"\bSignpost\x12:\n" +
 	"\tlocations\x18\x01 \x03(\v2\x1c.blobsync.datastore.LocationR\tlocations\x12\x15\n" +
 	"\x06sg_ids\x18\x02 \x03(\tR\x05sgIds\x12%\n" +
-	"\x0efetch_attempts\x18\x03 \x01(\rR\rfetchAttempts\"b\n" +
+	"\x0efetch_attempts\x18\x03 \x01(\rR\rfetchAttempts\"\xf1\x02\n" +
 	"\bBlobMeta\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x04R\x04size\x12\x16\n" +
 	"\x06public\x18\x02 \x01(\bR\x06public\x12*\n" +
-	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\"\xd6\x01\n" +
+	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12@\n" +
+	"\x06shares\x18\x04 \x03(\v2(.blobsync.datastore.BlobMeta.SharesEntryR\x06shares\x12\x16\n" +
+	"\x06pinned\x18\x05 \x01(\bR\x06pinned\x12\x18\n" +
+	"\aholders\x18\x06 \x03(\fR\aholders\x120\n" +
+	"\x14referenced_unix_nano\x18\a \x01(\x03R\x12referencedUnixNano\x12,\n" +
+	"\x12accessed_unix_nano\x18\b \x01(\x03R\x10accessedUnixNano\x1a9\n" +
+	"\vSharesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xd6\x01\n" +
 	"\x05Group\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\acreator\x18\x02 \x01(\fR\acreator\x12\x12\n" +
@@ -558,7 +606,7 @@ func file_meta_proto_rawDescGZIP() []byte {
 	return file_meta_proto_rawDescData
 }
 
-var file_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_meta_proto_goTypes = []any{
 	(*Location)(nil),  // 0: blobsync.datastore.Location
 	(*Signpost)(nil),  // 1: blobsync.datastore.Signpost
@@ -567,16 +615,18 @@ var file_meta_proto_goTypes = []any{
 	(*Member)(nil),    // 4: blobsync.datastore.Member
 	(*LogEntry)(nil),  // 5: blobsync.datastore.LogEntry
 	(*Watermark)(nil), // 6: blobsync.datastore.Watermark
+	nil,               // 7: blobsync.datastore.BlobMeta.SharesEntry
 }
 var file_meta_proto_depIdxs = []int32{
 	0, // 0: blobsync.datastore.Signpost.locations:type_name -> blobsync.datastore.Location
-	4, // 1: blobsync.datastore.Group.members:type_name -> blobsync.datastore.Member
-	4, // 2: blobsync.datastore.LogEntry.member:type_name -> blobsync.datastore.Member
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	7, // 1: blobsync.datastore.BlobMeta.shares:type_name -> blobsync.datastore.BlobMeta.SharesEntry
+	4, // 2: blobsync.datastore.Group.members:type_name -> blobsync.datastore.Member
+	4, // 3: blobsync.datastore.LogEntry.member:type_name -> blobsync.datastore.Member
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_meta_proto_init() }
@@ -590,7 +640,7 @@ func file_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meta_proto_rawDesc), len(file_meta_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

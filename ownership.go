@@ -1,0 +1,174 @@
+package blobsync
+
+import (
+	"context"
+	"maps"
+	"slices"
+
+	"github.com/blobsync/blobsync/datastore"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Ownership shares (DESIGN §7). The peer that puts a blob into a syncgroup
+// holds datastore.InitialShares for it there. A peer offers its shares to a
+// fetcher of higher priority — all of them to a server, one to a normal peer —
+// and the fetcher, once the blob is verified, says what it took. The sender
+// is the authority: it subtracts atomically and grants at most what it has,
+// and the fetcher adds only what was granted, so shares are never created by
+// a transfer, even when two servers fetch one blob at once.
+
+// rank orders roles by priority: server > normal > leaf.
+func rank(r Role) int {
+	switch r {
+	case RoleServer:
+		return 3
+	case RoleNormal:
+		return 2
+	}
+	return 1
+}
+
+// distance is this peer's distance to a server of syncgroup sg: 0 if it is
+// one, 1 if connected to one, else 2.
+func (n *Node) distance(sg string) uint32 {
+	if role, _ := n.groups.MyRole(sg); role == RoleServer {
+		return 0
+	}
+	g, err := n.groups.Group(sg)
+	if err != nil {
+		return 2
+	}
+	for _, m := range g.Members {
+		if m.Role == RoleServer && m.Peer != n.h.ID() && n.h.Network().Connectedness(m.Peer) == network.Connected {
+			return 1
+		}
+	}
+	return 2
+}
+
+// distances returns this peer's distance to a server in each of sgs.
+func (n *Node) distances(sgs []string) map[string]uint32 {
+	out := make(map[string]uint32, len(sgs))
+	for _, sg := range sgs {
+		if _, ok := n.groups.MyRole(sg); ok {
+			out[sg] = n.distance(sg)
+		}
+	}
+	return out
+}
+
+// offerFor returns how many of have shares in sg this peer gives caller, a
+// member with role at distance callerDist: none unless the caller outranks
+// this peer (role, then nearness to a server); all to a server, one otherwise.
+func (n *Node) offerFor(sg string, have int32, callerRole Role, callerDist uint32) int32 {
+	myRole, _ := n.groups.MyRole(sg)
+	myDist := n.distance(sg)
+	if callerRole == RoleServer {
+		callerDist = 0
+	}
+	higher := rank(callerRole) > rank(myRole) || (rank(callerRole) == rank(myRole) && callerDist < myDist)
+	switch {
+	case have <= 0 || !higher:
+		return 0
+	case callerRole == RoleServer:
+		return have
+	}
+	return 1
+}
+
+func (p policy) Offer(ctx context.Context, caller peer.ID, ref datastore.Ref, distance map[string]uint32) (map[string]int32, error) {
+	meta, _, err := p.n.meta.BlobMeta(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	var out map[string]int32
+	for sg, have := range meta.Shares {
+		role, member := p.n.groups.Role(sg, caller)
+		if !member {
+			continue
+		}
+		d, ok := distance[sg]
+		if !ok {
+			d = 2
+		}
+		if give := p.n.offerFor(sg, have, role, d); give > 0 {
+			if out == nil {
+				out = map[string]int32{}
+			}
+			out[sg] = give
+		}
+	}
+	return out, nil
+}
+
+// Accepted grants what caller took, within what this peer would offer it now
+// (its role, nearest distance) and what it has, and records caller as a holder.
+func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32) (map[string]int32, bool, error) {
+	granted := map[string]int32{}
+	meta, err := p.n.meta.UpdateBlobMeta(ctx, ref, func(m *datastore.BlobMeta) bool {
+		for sg, want := range taken {
+			role, member := p.n.groups.Role(sg, caller)
+			if !member {
+				continue
+			}
+			if give := min(want, p.n.offerFor(sg, m.Shares[sg], role, 0)); give > 0 {
+				m.Shares[sg] -= give
+				granted[sg] = give
+			}
+		}
+		return m.AddHolder(caller) || len(granted) > 0
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return granted, meta.Owned(), nil
+}
+
+// takeOwnership acknowledges a verified fetch of ref from p, taking the
+// shares p offered in the syncgroups this peer belongs to, and adds what p
+// granted. If p will not keep its copy, p is dropped from ref's signpost. A
+// failure leaves the shares with p: the blob keeps an owner.
+func (n *Node) takeOwnership(ctx context.Context, p peer.ID, ref Ref, offered map[string]int32) {
+	take := map[string]int32{}
+	for sg, k := range offered {
+		if _, member := n.groups.MyRole(sg); member {
+			take[sg] = k
+		}
+	}
+	granted, keeping, err := n.client.AcceptBlobOwnership(ctx, p, ref, take)
+	if err != nil {
+		n.cfg.log.Debug("ownership: acknowledging a fetch failed; the sender keeps its shares", "ref", ref, "peer", p, "err", err)
+		return
+	}
+	if len(granted) > 0 {
+		_, err = n.meta.UpdateBlobMeta(ctx, ref, func(m *datastore.BlobMeta) bool {
+			if m.Shares == nil {
+				m.Shares = map[string]int32{}
+			}
+			for sg, k := range granted {
+				m.Shares[sg] += k
+			}
+			return true
+		})
+		if err != nil {
+			n.cfg.log.Warn("ownership: recording granted shares", "ref", ref, "err", err)
+		}
+	}
+	if !keeping {
+		_, err = n.meta.UpdateSignpost(ctx, ref, func(sp *datastore.Signpost) bool {
+			before := len(sp.Locations)
+			sp.Locations = slices.DeleteFunc(sp.Locations, func(l datastore.Location) bool { return l.Peer == p })
+			return len(sp.Locations) != before
+		})
+		if err != nil {
+			n.cfg.log.Warn("ownership: dropping a location", "ref", ref, "err", err)
+		}
+	}
+}
+
+// Shares returns this peer's ownership shares of ref per syncgroup.
+func (n *Node) Shares(ctx context.Context, ref Ref) (map[string]int32, error) {
+	meta, _, err := n.meta.BlobMeta(ctx, ref)
+	return maps.Clone(meta.Shares), err
+}
