@@ -19,6 +19,7 @@ import (
 	"github.com/blobsync/blobsync/fetcher"
 	"github.com/blobsync/blobsync/protocol"
 	"github.com/blobsync/blobsync/syncgroup"
+	"github.com/ipfs/go-cid"
 	ds "github.com/ipfs/go-datastore"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -63,6 +64,7 @@ type Node struct {
 
 	gcMu        sync.Mutex    // one collection at a time
 	budgetCheck chan struct{} // capacity 1: the storage budget may be exceeded
+	prov        providing
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -70,13 +72,15 @@ type Node struct {
 }
 
 type config struct {
-	log           *slog.Logger
-	now           func() time.Time
-	protoOpts     []protocol.Option
-	fetchOpts     []fetcher.Option
-	serverOpts    []fetcher.ServerOption
-	syncInterval  time.Duration
-	storageBudget int64
+	log             *slog.Logger
+	now             func() time.Time
+	protoOpts       []protocol.Option
+	fetchOpts       []fetcher.Option
+	serverOpts      []fetcher.ServerOption
+	syncInterval    time.Duration
+	storageBudget   int64
+	discovery       Discovery
+	provideInterval time.Duration
 }
 
 // Option configures a Node.
@@ -120,12 +124,12 @@ const memberAddrTTL = 24 * time.Hour
 // New starts a Node on h, keeping metadata in d and blob content under dir.
 // The Node uses but does not own h and d: Close leaves them open.
 func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) {
-	cfg := config{log: slog.Default(), now: time.Now, syncInterval: DefaultSyncInterval}
+	cfg := config{log: slog.Default(), now: time.Now, syncInterval: DefaultSyncInterval, provideInterval: DefaultProvideInterval}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	if cfg.log == nil || cfg.now == nil || cfg.syncInterval <= 0 {
-		return nil, errors.New("blobsync: nil logger or clock, or a sync interval that is not positive")
+	if cfg.log == nil || cfg.now == nil || cfg.syncInterval <= 0 || cfg.provideInterval <= 0 {
+		return nil, errors.New("blobsync: nil logger or clock, or a sync or provide interval that is not positive")
 	}
 	blobs, err := datastore.OpenBlobStore(dir)
 	if err != nil {
@@ -142,6 +146,7 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.ctx, n.cancel, n.flights, n.budgetCheck = ctx, cancel, map[Ref]*flight{}, make(chan struct{}, 1)
+	n.prov.queue = make(chan cid.Cid, 4096)
 	n.groups, err = syncgroup.New(ctx, n.meta, sgClient, syncgroup.Config{
 		Self:  h.ID(),
 		Addrs: h.Addrs,
@@ -191,6 +196,9 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 	}
 	n.wg.Go(func() { n.syncLoop(ctx) })
 	n.wg.Go(func() { n.budgetLoop(ctx) })
+	if cfg.discovery != nil {
+		n.wg.Go(func() { n.provideLoop(ctx) })
+	}
 	n.checkBudget()
 	return n, nil
 }

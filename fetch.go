@@ -136,7 +136,24 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 	}
 
 	var errs []error
-	for len(queue) > 0 && len(tried) <= maxLocateAttempts {
+	askedDHT := false
+	for len(tried) <= maxLocateAttempts {
+		if len(queue) == 0 {
+			// No known location had it: ask the DHT who provides it, once.
+			if askedDHT {
+				break
+			}
+			askedDHT = true
+			provs, err := n.findProviders(ctx, ref.CID())
+			if err != nil {
+				errs = append(errs, fmt.Errorf("dht: %w", err))
+			}
+			for _, ai := range provs {
+				n.addAddrs(ai)
+				enqueue(ai.ID)
+			}
+			continue
+		}
 		p := queue[0]
 		queue = queue[1:]
 		tried[p] = true
@@ -186,5 +203,8 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress proto
 		return 0, nil, err
 	}
 	n.takeOwnership(ctx, p, ref, got.Offered)
+	if n.serves(ctx, ref) {
+		n.provide(ref.CID())
+	}
 	return got.Size, nil, nil
 }

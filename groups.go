@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/blobsync/blobsync/datastore"
+	"github.com/blobsync/blobsync/p2p"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -29,19 +30,36 @@ func ParseRole(s string) (Role, error) { return datastore.ParseRole(s) }
 // with this peer as its creator and first member.
 func (n *Node) CreateSyncgroup(ctx context.Context, id string, acl ACL, role Role) (Syncgroup, error) {
 	g, err := n.groups.Create(ctx, id, acl, role)
-	if err == nil && role == RoleServer {
-		n.fetchServer.Rescan()
+	if err == nil {
+		n.joined(id, role)
 	}
 	return g, err
 }
 
-// JoinSyncgroup joins syncgroup id through via, a member, and pulls what the
-// members have announced so far.
-func (n *Node) JoinSyncgroup(ctx context.Context, id string, via peer.AddrInfo, role Role) (Syncgroup, error) {
-	n.addAddrs(via)
-	g, err := n.groups.Join(ctx, id, via.ID, role)
-	if err == nil && role == RoleServer {
+// joined starts what membership of syncgroup id with role entails here.
+func (n *Node) joined(id string, role Role) {
+	if role == RoleServer {
 		n.fetchServer.Rescan() // signposts learned before this peer served the group
+	}
+	if key, err := p2p.RendezvousKey(id); err == nil {
+		n.provide(key)
+	}
+}
+
+// JoinSyncgroup joins syncgroup id through via, a member, and pulls what the
+// members have announced so far. With no via (a zero AddrInfo), it finds
+// members through the DHT rendezvous and joins through the first that admits it.
+func (n *Node) JoinSyncgroup(ctx context.Context, id string, via peer.AddrInfo, role Role) (Syncgroup, error) {
+	var g Syncgroup
+	var err error
+	if via.ID == "" {
+		g, err = n.joinByRendezvous(ctx, id, role)
+	} else {
+		n.addAddrs(via)
+		g, err = n.groups.Join(ctx, id, via.ID, role)
+	}
+	if err == nil {
+		n.joined(id, role)
 	}
 	return g, err
 }

@@ -134,3 +134,6 @@ const (
 	maxRefString = 128 // canonical form is 59 characters
 	maxRefBytes  = 64  // binary form is 36 bytes
 )
+
+// CID returns the BlobRef as a CID, the key of its DHT provider records.
+func (r Ref) CID() cid.Cid { return r.c }

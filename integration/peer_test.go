@@ -91,6 +91,12 @@ type daemon struct {
 // on listen. The test's cleanup stops it with SIGTERM and checks it exits 0.
 func startDaemon(t *testing.T, listen ...string) *daemon {
 	t.Helper()
+	return startDaemonWith(t, nil, listen...)
+}
+
+// startDaemonWith is startDaemon with extra daemon flags.
+func startDaemonWith(t *testing.T, extra []string, listen ...string) *daemon {
+	t.Helper()
 	// Short: unix socket paths are limited to ~104 bytes.
 	dir, err := os.MkdirTemp("", "bs-")
 	if err != nil {
@@ -98,12 +104,17 @@ func startDaemon(t *testing.T, listen ...string) *daemon {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	ok(t, "init", "--data", dir)
-	return runDaemon(t, dir, listen...)
+	return runDaemonWith(t, dir, extra, listen...)
 }
 
 func runDaemon(t *testing.T, dir string, listen ...string) *daemon {
 	t.Helper()
-	args := []string{"daemon", "--data", dir, "--log-level", "debug"}
+	return runDaemonWith(t, dir, nil, listen...)
+}
+
+func runDaemonWith(t *testing.T, dir string, extra []string, listen ...string) *daemon {
+	t.Helper()
+	args := append([]string{"daemon", "--data", dir, "--log-level", "debug"}, extra...)
 	for _, l := range listen {
 		args = append(args, "--listen", l)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/blobsync/blobsync"
 	"github.com/blobsync/blobsync/datastore"
+	"github.com/blobsync/blobsync/p2p"
 	"github.com/blobsync/blobsync/protocol"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -70,6 +71,14 @@ type statusResponse struct {
 	Partials  []datastore.BlobInfo `json:"partials"`
 	Transfers blobsync.Stats       `json:"transfers"`
 	Fetch     fetchQueueView       `json:"fetch_queue"`
+	DHT       dhtView              `json:"dht"`
+}
+
+type dhtView struct {
+	Server       bool  `json:"server"`
+	RoutingTable int   `json:"routing_table"` // DHT servers known
+	Provided     int64 `json:"provided"`      // provider records published
+	Failed       int64 `json:"failed"`        // provider records that failed
 }
 
 // fetchQueueView is the server fetcher's queue as the status shows it.
@@ -114,6 +123,7 @@ func queueView(q blobsync.FetchQueue) fetchQueueView {
 
 type api struct {
 	node    *blobsync.Node
+	dht     *p2p.DHT
 	log     *slog.Logger
 	started time.Time
 }
@@ -305,6 +315,8 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 		ID: h.ID().String(), Addrs: p2pAddrs(h), Uptime: time.Since(a.started).Round(time.Second).String(),
 		Peers: []peerStatus{}, Transfers: a.node.Stats(), Fetch: queueView(a.node.FetchQueue(statusQueueLimit)),
 	}
+	ds := a.node.DiscoveryStats()
+	st.DHT = dhtView{Server: a.dht.Server(), RoutingTable: a.dht.RoutingTableSize(), Provided: ds.Provided, Failed: ds.Failed}
 	for _, p := range h.Network().Peers() {
 		ps := peerStatus{ID: p.String()}
 		for _, c := range h.Network().ConnsToPeer(p) {

@@ -66,6 +66,8 @@ func sgStatus(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, protocol.ErrJoinRefused), errors.Is(err, protocol.ErrNotMember):
 		return http.StatusForbidden
+	case errors.Is(err, blobsync.ErrNoMember):
+		return http.StatusNotFound
 	}
 	return http.StatusBadGateway
 }
@@ -125,10 +127,12 @@ func (a *api) sgJoin(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, err)
 		return
 	}
-	via, err := parsePeerAddr(req.Via)
-	if err != nil {
-		fail(w, http.StatusBadRequest, fmt.Errorf("--via: %v", err))
-		return
+	var via peer.AddrInfo // zero: find a member through the DHT
+	if req.Via != "" {
+		if via, err = parsePeerAddr(req.Via); err != nil {
+			fail(w, http.StatusBadRequest, fmt.Errorf("--via: %v", err))
+			return
+		}
 	}
 	g, err := a.node.JoinSyncgroup(r.Context(), req.ID, via, role)
 	if err != nil {

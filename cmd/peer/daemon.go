@@ -12,17 +12,21 @@ import (
 	"time"
 
 	"github.com/blobsync/blobsync"
+	"github.com/blobsync/blobsync/datastore"
 	"github.com/blobsync/blobsync/fetcher"
 	"github.com/blobsync/blobsync/p2p"
 	"github.com/blobsync/blobsync/protocol"
 	leveldb "github.com/ipfs/go-ds-leveldb"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 func cmdDaemon(ctx context.Context, args []string, e env) error {
 	c := newCommand("daemon", e)
-	var listen stringList
+	var listen, bootstrap stringList
 	c.fs.Var(&listen, "listen", "multiaddr to listen on (repeatable; default: config.json)")
+	c.fs.Var(&bootstrap, "bootstrap", "DHT bootstrap peer, a multiaddr ending in /p2p/<id> (repeatable; added to config.json's)")
+	dhtServer := c.fs.Bool("dht-server", false, "answer DHT queries for others even when serving no syncgroup")
 	logLevel := c.fs.String("log-level", "info", "debug, info, warn or error")
 	maxStorage := c.fs.String("max-storage", "", "storage budget, e.g. 10GiB (default: config.json's, else none)")
 	if _, err := c.parse(args, 0, 0); err != nil {
@@ -41,13 +45,26 @@ func cmdDaemon(ctx context.Context, args []string, e env) error {
 		return fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, *logLevel)
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
-	return runDaemon(ctx, layout(c.dataDir), listen, budget, log)
+	for _, b := range bootstrap {
+		if _, err := parsePeerAddr(b); err != nil {
+			return fmt.Errorf("%w: --bootstrap: %v", errUsage, err)
+		}
+	}
+	return runDaemon(ctx, layout(c.dataDir), nodeOptions{listen: listen, bootstrap: bootstrap, dhtServer: *dhtServer, budget: budget}, log)
+}
+
+// nodeOptions are the daemon's flags that override or add to config.json.
+type nodeOptions struct {
+	listen    []string // replaces config.json's
+	bootstrap []string // added to config.json's
+	dhtServer bool     // or config.json's
+	budget    int64    // replaces config.json's unless negative
 }
 
 // runDaemon runs a node on the data directory until ctx is cancelled, then
 // shuts down: the control API, the node, the host and the datastore, in order.
-func runDaemon(ctx context.Context, l layout, listen []string, budget int64, log *slog.Logger) error {
-	rt, err := openNode(l, listen, budget, log)
+func runDaemon(ctx context.Context, l layout, opts nodeOptions, log *slog.Logger) error {
+	rt, err := openNode(l, opts, log)
 	if err != nil {
 		return err
 	}
@@ -59,7 +76,7 @@ func runDaemon(ctx context.Context, l layout, listen []string, budget int64, log
 		return err
 	}
 	defer os.Remove(l.socket())
-	a := &api{node: rt.node, log: log, started: time.Now()}
+	a := &api{node: rt.node, dht: rt.dht, log: log, started: time.Now()}
 	srv := &http.Server{
 		Handler:           a.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -84,30 +101,38 @@ func runDaemon(ctx context.Context, l layout, listen []string, budget int64, log
 	return nil
 }
 
-// runningNode is a node with the host and datastore it runs on.
+// runningNode is a node with the DHT, host and datastore it runs on.
 type runningNode struct {
 	node *blobsync.Node
-	host host.Host
+	host host.Host // the routed host the node uses
+	dht  *p2p.DHT
 	ds   *leveldb.Datastore
 }
 
-// openNode starts the node of an initialized data directory, listening on
-// listen if given, else on config.json's addresses, with the storage budget
-// given if not negative, else config.json's.
-func openNode(l layout, listen []string, budget int64, log *slog.Logger) (*runningNode, error) {
+// openNode starts the node of an initialized data directory with config.json
+// as opts amend it.
+func openNode(l layout, opts nodeOptions, log *slog.Logger) (*runningNode, error) {
 	cfg, err := loadConfig(l)
 	if err != nil {
 		return nil, err
 	}
-	if budget < 0 {
-		budget = cfg.Limits.MaxStorage
+	if len(opts.listen) > 0 {
+		cfg.Listen = opts.listen
 	}
-	if len(listen) > 0 {
-		cfg.Listen = listen
+	if opts.budget < 0 {
+		opts.budget = cfg.Limits.MaxStorage
 	}
 	addrs, err := parseAddrs(cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("%w: --listen: %v", errUsage, err)
+	}
+	var bootstrap []peer.AddrInfo
+	for _, b := range append(cfg.Bootstrap, opts.bootstrap...) {
+		ai, err := parsePeerAddr(b)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+		bootstrap = append(bootstrap, ai)
 	}
 	key, err := p2p.LoadOrCreateIdentity(l.identity())
 	if err != nil {
@@ -119,6 +144,14 @@ func openNode(l layout, listen []string, budget int64, log *slog.Logger) (*runni
 			return nil, fmt.Errorf("another daemon is already running on %s", l)
 		}
 		return nil, fmt.Errorf("datastore: %w", err)
+	}
+	dhtServer := opts.dhtServer || cfg.DHTServer
+	if !dhtServer { // a server of any syncgroup answers DHT queries
+		dhtServer, err = servesAGroup(d)
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
 	}
 	perPeer := cfg.Limits.InboundStreamsPerPeer
 	h, err := p2p.New(key,
@@ -141,22 +174,46 @@ func openNode(l layout, listen []string, budget int64, log *slog.Logger) (*runni
 		d.Close()
 		return nil, err
 	}
-	node, err := blobsync.New(h, d, l.blobs(),
-		blobsync.WithLogger(log),
-		blobsync.WithProtocolOptions(protocol.MaxBlobSize(cfg.Limits.MaxBlobSize), protocol.UploadRate(cfg.Limits.MaxUploadRate)),
-		blobsync.WithFetcherOptions([]fetcher.Option{fetcher.Concurrency(cfg.Limits.FetchConcurrency)}),
-		blobsync.WithStorageBudget(budget))
+	dht, err := p2p.NewDHT(context.Background(), h, dhtServer, bootstrap)
 	if err != nil {
 		h.Close()
 		d.Close()
 		return nil, err
 	}
-	return &runningNode{node: node, host: h, ds: d}, nil
+	routed := dht.Routed(h)
+	node, err := blobsync.New(routed, d, l.blobs(),
+		blobsync.WithLogger(log),
+		blobsync.WithProtocolOptions(protocol.MaxBlobSize(cfg.Limits.MaxBlobSize), protocol.UploadRate(cfg.Limits.MaxUploadRate)),
+		blobsync.WithFetcherOptions([]fetcher.Option{fetcher.Concurrency(cfg.Limits.FetchConcurrency)}),
+		blobsync.WithStorageBudget(opts.budget),
+		blobsync.WithDiscovery(dht, blobsync.DefaultProvideInterval))
+	if err != nil {
+		dht.Close()
+		h.Close()
+		d.Close()
+		return nil, err
+	}
+	return &runningNode{node: node, host: routed, dht: dht, ds: d}, nil
 }
 
-// Close stops the node, then its host, then its datastore.
+// servesAGroup reports whether the datastore records this peer as a server
+// of some syncgroup.
+func servesAGroup(d *leveldb.Datastore) (bool, error) {
+	groups, err := datastore.NewMetaStore(d).Groups(context.Background())
+	if err != nil {
+		return false, err
+	}
+	for _, g := range groups {
+		if g.MyRole == datastore.RoleServer {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Close stops the node, then the DHT, the host and the datastore.
 func (r *runningNode) Close() error {
-	return errors.Join(r.node.Close(), r.host.Close(), r.ds.Close())
+	return errors.Join(r.node.Close(), r.dht.Close(), r.host.Close(), r.ds.Close())
 }
 
 // listenSocket listens on the control socket, mode 0600. A socket left by a

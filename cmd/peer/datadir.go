@@ -30,8 +30,14 @@ func (l layout) blobs() string     { return filepath.Join(string(l), "blobs") }
 // fileConfig is config.json.
 type fileConfig struct {
 	// Listen lists the multiaddrs the daemon listens on unless --listen is given.
-	Listen []string     `json:"listen"`
-	Limits limitsConfig `json:"limits"`
+	Listen []string `json:"listen"`
+	// Bootstrap lists DHT bootstrap peers (multiaddrs ending in /p2p/<id>),
+	// used with those given by --bootstrap.
+	Bootstrap []string `json:"bootstrap"`
+	// DHTServer makes this peer answer DHT queries for others even if it
+	// serves no syncgroup (a bootstrap node, say).
+	DHTServer bool         `json:"dht_server"`
+	Limits    limitsConfig `json:"limits"`
 }
 
 type limitsConfig struct {
@@ -51,8 +57,9 @@ type limitsConfig struct {
 
 func defaultConfig() fileConfig {
 	return fileConfig{
-		Listen: []string{"/ip4/0.0.0.0/tcp/4747", "/ip4/0.0.0.0/udp/4747/quic-v1"},
-		Limits: limitsConfig{MaxBlobSize: 64 << 30, InboundStreamsPerPeer: 32, FetchConcurrency: fetcher.DefaultConcurrency},
+		Listen:    []string{"/ip4/0.0.0.0/tcp/4747", "/ip4/0.0.0.0/udp/4747/quic-v1"},
+		Bootstrap: []string{},
+		Limits:    limitsConfig{MaxBlobSize: 64 << 30, InboundStreamsPerPeer: 32, FetchConcurrency: fetcher.DefaultConcurrency},
 	}
 }
 
@@ -62,6 +69,11 @@ func (c fileConfig) validate() error {
 	}
 	if _, err := parseAddrs(c.Listen); err != nil {
 		return fmt.Errorf("config: %w", err)
+	}
+	for _, b := range c.Bootstrap {
+		if _, err := parsePeerAddr(b); err != nil {
+			return fmt.Errorf("config: bootstrap: %w", err)
+		}
 	}
 	if c.Limits.MaxBlobSize <= 0 {
 		return fmt.Errorf("config: limits.max_blob_size %d must be positive", c.Limits.MaxBlobSize)

@@ -135,5 +135,5 @@ func demoNode(dir string, log *slog.Logger) (*runningNode, error) {
 	if _, err := initDataDir(l); err != nil {
 		return nil, err
 	}
-	return openNode(l, []string{"/ip4/127.0.0.1/tcp/0"}, -1, log)
+	return openNode(l, nodeOptions{listen: []string{"/ip4/127.0.0.1/tcp/0"}, budget: -1}, log)
 }

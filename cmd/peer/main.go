@@ -19,7 +19,7 @@ Usage: peer COMMAND [ARGS] [--data DIR] [--json]
 
 Commands:
   init                         create identity and datastore; print the peer ID
-  daemon [--listen MA]... [--max-storage SIZE]
+  daemon [--listen MA]... [--bootstrap MA]... [--dht-server] [--max-storage SIZE]
                                run the node until SIGINT or SIGTERM; with a storage
                                budget, copies it does not own are dropped to meet it
   id                           peer ID and listen addresses
@@ -28,8 +28,8 @@ Commands:
                                announce it in the syncgroups given
   sg create SGID [--role R] (--open | --allow PEERID,...)
                                create a syncgroup; R is server, normal (default) or leaf
-  sg join SGID --via MA [--role R]
-                               join a syncgroup through a member
+  sg join SGID [--via MA] [--role R]
+                               join a syncgroup through a member (default: found in the DHT)
   sg ls                        syncgroups this peer belongs to
   sg members SGID              a syncgroup's members and roles
   get REF [-o FILE] [--from MA]...

@@ -106,7 +106,7 @@ func cmdSgCreate(ctx context.Context, args []string, e env) error {
 func cmdSgJoin(ctx context.Context, args []string, e env) error {
 	c := newCommand("sg join", e)
 	role := c.fs.String("role", "normal", "this peer's role: server, normal or leaf")
-	via := c.fs.String("via", "", "a member's multiaddr, ending in /p2p/<peer ID>")
+	via := c.fs.String("via", "", "a member's multiaddr, ending in /p2p/<peer ID> (default: find one through the DHT)")
 	pos, err := c.parse(args, 1, 1)
 	if err != nil {
 		return err
@@ -117,11 +117,10 @@ func cmdSgJoin(ctx context.Context, args []string, e env) error {
 	if err := checkRole(*role); err != nil {
 		return err
 	}
-	if *via == "" {
-		return fmt.Errorf("%w: sg join needs --via MA, a member's address (joining by DHT rendezvous is not available yet)", errUsage)
-	}
-	if _, err := parsePeerAddr(*via); err != nil {
-		return fmt.Errorf("%w: --via: %v", errUsage, err)
+	if *via != "" {
+		if _, err := parsePeerAddr(*via); err != nil {
+			return fmt.Errorf("%w: --via: %v", errUsage, err)
+		}
 	}
 	cl, err := dialAPI(c.dataDir)
 	if err != nil {
