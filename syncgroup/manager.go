@@ -140,9 +140,20 @@ func (m *Manager) Start(ctx context.Context) error {
 
 // Close stops background pushes and pulls and waits for them.
 func (m *Manager) Close() error {
+	m.mu.Lock() // under mu, so background starts no new work once Wait has begun
 	m.cancel()
+	m.mu.Unlock()
 	m.wg.Wait()
 	return nil
+}
+
+// background runs fn on its own goroutine unless the Manager is closed.
+func (m *Manager) background(fn func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ctx.Err() == nil {
+		m.wg.Go(fn)
+	}
 }
 
 func (m *Manager) group(id string) (*group, error) {

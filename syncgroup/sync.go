@@ -28,7 +28,7 @@ func (m *Manager) pushAsync(id string, rec *datastore.Group, entries []datastore
 	if len(targets) == 0 {
 		return
 	}
-	m.wg.Go(func() {
+	m.background(func() {
 		sem := make(chan struct{}, pushParallel)
 		var wg sync.WaitGroup
 		for _, p := range targets {
@@ -84,13 +84,12 @@ func (m *Manager) PullFrom(ctx context.Context, p peer.ID, id string) error {
 func (m *Manager) pullAsync(p peer.ID, id string) {
 	key := pullKey{id: id, p: p}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.pulling[key] || m.ctx.Err() != nil {
-		m.mu.Unlock()
 		return
 	}
 	m.pulling[key] = true
-	m.mu.Unlock()
-	m.wg.Go(func() {
+	m.wg.Go(func() { // started under mu: see Close
 		defer func() {
 			m.mu.Lock()
 			delete(m.pulling, key)
