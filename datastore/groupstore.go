@@ -47,25 +47,15 @@ func (m *MetaStore) ApplyGroupChange(ctx context.Context, id string, ch GroupCha
 	}
 	unlock := m.lock(refs...)
 	defer unlock()
-	b, err := m.ds.Batch(ctx)
-	if err != nil {
-		return nil, err
-	}
+	var ops []writeOp
 	if ch.Group != nil {
-		if err := b.Put(ctx, groupKey(id), encodeGroup(*ch.Group)); err != nil {
-			return nil, err
-		}
+		ops = append(ops, writeOp{key: groupKey(id), value: encodeGroup(*ch.Group)})
 	}
 	for _, e := range ch.Entries {
-		if err := b.Put(ctx, logKey(id, e.Origin, e.Seq), encodeLogEntry(e)); err != nil {
-			return nil, err
-		}
+		ops = append(ops, writeOp{key: logKey(id, e.Origin, e.Seq), value: encodeLogEntry(e)})
 	}
 	for origin, seq := range ch.Watermarks {
-		w, _ := proto.Marshal(&dspb.Watermark{Seq: seq})
-		if err := b.Put(ctx, watermarkKey(id, origin), w); err != nil {
-			return nil, err
-		}
+		ops = append(ops, writeOp{key: watermarkKey(id, origin), value: mustMarshal(&dspb.Watermark{Seq: seq})})
 	}
 	var changed []Ref
 	for _, ref := range refs {
@@ -76,12 +66,10 @@ func (m *MetaStore) ApplyGroupChange(ctx context.Context, id string, ch GroupCha
 		if !sp.Merge(ch.Signposts[ref]) {
 			continue
 		}
-		if err := b.Put(ctx, signpostKey(ref), encodeSignpost(sp)); err != nil {
-			return nil, err
-		}
+		ops = append(ops, writeOp{key: signpostKey(ref), value: encodeSignpost(sp)})
 		changed = append(changed, ref)
 	}
-	if err := b.Commit(ctx); err != nil {
+	if err := m.w.commit(ctx, ops...); err != nil {
 		return nil, fmt.Errorf("syncgroup %s: %w", id, err)
 	}
 	return changed, nil

@@ -25,17 +25,19 @@ const (
 
 // MetaStore keeps signposts and blob metadata on a go-datastore. Updates of
 // one record are serialised (read-modify-write under a per-ref lock), so
-// concurrent merges never lose each other's changes. Bulk updates are written
-// in one batch: go-ds-leveldb fsyncs every single Put.
+// concurrent merges never lose each other's changes. go-ds-leveldb fsyncs
+// every commit, so bulk updates are written in one batch, and concurrent
+// writers share commits (group commit).
 type MetaStore struct {
 	ds    ds.Batching
+	w     committer // every write goes through it: group commit
 	seed  maphash.Seed
 	locks [64]sync.Mutex
 }
 
 // NewMetaStore returns a MetaStore on d. It does not close d.
 func NewMetaStore(d ds.Batching) *MetaStore {
-	return &MetaStore{ds: d, seed: maphash.MakeSeed()}
+	return &MetaStore{ds: d, w: committer{ds: d}, seed: maphash.MakeSeed()}
 }
 
 func signpostKey(ref Ref) ds.Key { return ds.RawKey(signpostPrefix + ref.String()) }
@@ -95,7 +97,7 @@ func (m *MetaStore) UpdateSignpost(ctx context.Context, ref Ref, fn func(*Signpo
 	if !fn(&sp) {
 		return sp, nil
 	}
-	if err := m.ds.Put(ctx, signpostKey(ref), encodeSignpost(sp)); err != nil {
+	if err := m.w.commit(ctx, writeOp{key: signpostKey(ref), value: encodeSignpost(sp)}); err != nil {
 		return Signpost{}, fmt.Errorf("signpost %s: %w", ref, err)
 	}
 	return sp, nil
@@ -106,11 +108,8 @@ func (m *MetaStore) UpdateSignpost(ctx context.Context, ref Ref, fn func(*Signpo
 func (m *MetaStore) UpdateSignposts(ctx context.Context, refs []Ref, fn func(Ref, *Signpost) bool) ([]Ref, error) {
 	unlock := m.lock(refs...)
 	defer unlock()
-	b, err := m.ds.Batch(ctx)
-	if err != nil {
-		return nil, err
-	}
 	var changed []Ref
+	var ops []writeOp
 	seen := make(map[Ref]bool, len(refs))
 	for _, ref := range refs {
 		if seen[ref] {
@@ -124,15 +123,10 @@ func (m *MetaStore) UpdateSignposts(ctx context.Context, refs []Ref, fn func(Ref
 		if !fn(ref, &sp) {
 			continue
 		}
-		if err := b.Put(ctx, signpostKey(ref), encodeSignpost(sp)); err != nil {
-			return nil, err
-		}
+		ops = append(ops, writeOp{key: signpostKey(ref), value: encodeSignpost(sp)})
 		changed = append(changed, ref)
 	}
-	if len(changed) == 0 {
-		return nil, nil
-	}
-	if err := b.Commit(ctx); err != nil {
+	if err := m.w.commit(ctx, ops...); err != nil {
 		return nil, fmt.Errorf("signposts: %w", err)
 	}
 	return changed, nil
@@ -154,7 +148,7 @@ func (m *MetaStore) SetFetchAttempts(ctx context.Context, ref Ref, n uint32) err
 func (m *MetaStore) DeleteSignpost(ctx context.Context, ref Ref) error {
 	unlock := m.lock(ref)
 	defer unlock()
-	return m.ds.Delete(ctx, signpostKey(ref))
+	return m.w.commit(ctx, writeOp{key: signpostKey(ref), del: true})
 }
 
 // ForEachSignpost calls fn for every stored signpost until fn returns an error.
@@ -219,7 +213,7 @@ func (m *MetaStore) UpdateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMe
 	if !fn(&meta) {
 		return meta, nil
 	}
-	if err := m.ds.Put(ctx, blobKey(ref), encodeBlobMeta(meta)); err != nil {
+	if err := m.w.commit(ctx, writeOp{key: blobKey(ref), value: encodeBlobMeta(meta)}); err != nil {
 		return BlobMeta{}, fmt.Errorf("blob metadata %s: %w", ref, err)
 	}
 	return meta, nil
@@ -229,7 +223,7 @@ func (m *MetaStore) UpdateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMe
 func (m *MetaStore) DeleteBlobMeta(ctx context.Context, ref Ref) error {
 	unlock := m.lock(ref)
 	defer unlock()
-	return m.ds.Delete(ctx, blobKey(ref))
+	return m.w.commit(ctx, writeOp{key: blobKey(ref), del: true})
 }
 
 var errCorrupt = errors.New("corrupt record")

@@ -41,6 +41,7 @@ Commands:
   pin REF, unpin REF           keep a held blob here whatever its shares; release it
   gc                           drop copies this peer no longer owns (never the last copy)
   demo                         a local demonstration: a device and two servers on 127.0.0.1
+  bench [--quick]              the performance benchmarks, on 127.0.0.1
 
 --data DIR defaults to $BLOBSYNC_DATA, else ~/.blobsync.
 `
@@ -124,6 +125,8 @@ func run(ctx context.Context, args []string, e env) error {
 		return cmdGC(ctx, rest, e)
 	case "demo":
 		return cmdDemo(ctx, rest, e)
+	case "bench":
+		return cmdBench(ctx, rest, e)
 	case "help", "-h", "--help":
 		fmt.Fprint(e.stdout, usage)
 		return nil

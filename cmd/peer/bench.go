@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"text/tabwriter"
+	"time"
+)
+
+// benchResult holds peer bench's figures; the JSON keys are the contract.
+type benchResult struct {
+	FetchMbps           float64 `json:"fetch_mbps"`      // MB/s (10^6 bytes), verified fetch over TCP
+	RawStreamMbps       float64 `json:"raw_stream_mbps"` // MB/s, a bare libp2p stream, same transport
+	FetchRatio          float64 `json:"fetch_ratio"`
+	QuicFetchRatio      float64 `json:"quic_fetch_ratio"`
+	ReplicationP50ms    float64 `json:"replication_p50_ms"`
+	ReplicationP99ms    float64 `json:"replication_p99_ms"`
+	SmallBlobsPerS      float64 `json:"small_blobs_per_s"`
+	Fetcher1MPendingMiB float64 `json:"fetcher_1m_pending_mib"`
+	FetcherSchedPerS    float64 `json:"fetcher_sched_per_s"`
+
+	QuicFetchMbps     float64 `json:"quic_fetch_mbps"`
+	QuicRawStreamMbps float64 `json:"quic_raw_stream_mbps"`
+	Quick             bool    `json:"quick"`
+	Sizes             struct {
+		FetchBytes   int64 `json:"fetch_bytes"`
+		Replications int   `json:"replications"`
+		SmallBlobs   int   `json:"small_blobs"`
+		Pending      int   `json:"pending"`
+	} `json:"sizes"`
+}
+
+// benchSizes are how much each measurement moves.
+type benchSizes struct {
+	fetchBytes   int64
+	rounds       int
+	replications int
+	smallBlobs   int
+	pending      int
+	scheduled    int
+}
+
+var (
+	fullSizes  = benchSizes{fetchBytes: 1 << 30, rounds: 3, replications: 50, smallBlobs: 10_000, pending: 1_000_000, scheduled: 1_000_000}
+	quickSizes = benchSizes{fetchBytes: 64 << 20, rounds: 2, replications: 10, smallBlobs: 500, pending: 1_000_000, scheduled: 200_000}
+)
+
+func cmdBench(ctx context.Context, args []string, e env) error {
+	c := newCommand("bench", e)
+	quick := c.fs.Bool("quick", false, "a smoke run with small sizes (well under 30 s)")
+	only := c.fs.String("only", "", "run one measurement: fetch, quic, replication, small or fetcher")
+	cpuProfile := c.fs.String("cpuprofile", "", "write a CPU profile of the run to FILE")
+	if _, err := c.parse(args, 0, 0); err != nil {
+		return err
+	}
+	if *only != "" && !slices.Contains([]string{"fetch", "quic", "replication", "small", "fetcher"}, *only) {
+		return fmt.Errorf("%w: --only %q: want fetch, quic, replication, small or fetcher", errUsage, *only)
+	}
+	run := func(name string) bool { return *only == "" || *only == name }
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	sizes := fullSizes
+	if *quick {
+		sizes = quickSizes
+	}
+	tmp, err := os.MkdirTemp("", "blobsync-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	progress := func(format string, args ...any) {
+		if !c.json {
+			fmt.Fprintf(e.stderr, "bench: "+format+"\n", args...)
+		}
+	}
+
+	var r benchResult
+	r.Quick = *quick
+	r.Sizes.FetchBytes, r.Sizes.Replications, r.Sizes.SmallBlobs, r.Sizes.Pending = sizes.fetchBytes, sizes.replications, sizes.smallBlobs, sizes.pending
+	b := &bencher{ctx: ctx, dir: tmp, log: quiet}
+
+	if run("fetch") {
+		progress("fetch vs bare stream, TCP, %s × %d", formatBytes(sizes.fetchBytes), sizes.rounds)
+		if r.FetchMbps, r.RawStreamMbps, err = b.throughput("/ip4/127.0.0.1/tcp/0", sizes); err != nil {
+			return fmt.Errorf("bench: tcp throughput: %w", err)
+		}
+		r.FetchRatio = r.FetchMbps / r.RawStreamMbps
+	}
+	if run("quic") {
+		progress("fetch vs bare stream, QUIC")
+		if r.QuicFetchMbps, r.QuicRawStreamMbps, err = b.throughput("/ip4/127.0.0.1/udp/0/quic-v1", sizes); err != nil {
+			return fmt.Errorf("bench: quic throughput: %w", err)
+		}
+		r.QuicFetchRatio = r.QuicFetchMbps / r.QuicRawStreamMbps
+	}
+	if run("replication") {
+		progress("replication of 1 MiB to 3 servers × %d", sizes.replications)
+		if r.ReplicationP50ms, r.ReplicationP99ms, err = b.replication(sizes.replications); err != nil {
+			return fmt.Errorf("bench: replication: %w", err)
+		}
+	}
+	if run("small") {
+		progress("%d blobs of 4 KiB to a server", sizes.smallBlobs)
+		if r.SmallBlobsPerS, err = b.smallBlobs(sizes.smallBlobs); err != nil {
+			return fmt.Errorf("bench: small blobs: %w", err)
+		}
+	}
+	if run("fetcher") {
+		progress("fetcher: %d pending, %d scheduled", sizes.pending, sizes.scheduled)
+		r.Fetcher1MPendingMiB = fetcherPendingMiB(sizes.pending) * 1_000_000 / float64(sizes.pending)
+		r.FetcherSchedPerS = fetcherSchedPerS(sizes.scheduled)
+	}
+
+	if c.json {
+		return writeJSON(e.stdout, r)
+	}
+	return printBench(e.stdout, r)
+}
+
+func printBench(w io.Writer, r benchResult) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "METRIC\tVALUE\tTARGET\tMET\t")
+	row := func(name string, v float64, target string, met *bool) {
+		mark := ""
+		if met != nil {
+			mark = map[bool]string{true: "yes", false: "NO"}[*met]
+		}
+		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%s\t\n", name, v, target, mark)
+	}
+	is := func(b bool) *bool { return &b }
+	row("fetch_mbps", r.FetchMbps, "", nil)
+	row("raw_stream_mbps", r.RawStreamMbps, "", nil)
+	row("fetch_ratio", r.FetchRatio, "≥ 0.85", is(r.FetchRatio >= 0.85))
+	row("quic_fetch_mbps", r.QuicFetchMbps, "", nil)
+	row("quic_raw_stream_mbps", r.QuicRawStreamMbps, "", nil)
+	row("quic_fetch_ratio", r.QuicFetchRatio, "", nil)
+	row("replication_p50_ms", r.ReplicationP50ms, "< 50", is(r.ReplicationP50ms < 50))
+	row("replication_p99_ms", r.ReplicationP99ms, "< 250", is(r.ReplicationP99ms < 250))
+	row("small_blobs_per_s", r.SmallBlobsPerS, "≥ 2000", is(r.SmallBlobsPerS >= 2000))
+	row("fetcher_1m_pending_mib", r.Fetcher1MPendingMiB, "< 512", is(r.Fetcher1MPendingMiB < 512))
+	row("fetcher_sched_per_s", r.FetcherSchedPerS, "≥ 100000", is(r.FetcherSchedPerS >= 100_000))
+	if r.Quick {
+		fmt.Fprintln(tw, "(--quick: small sizes; figures are indicative)\t\t\t\t")
+	}
+	return tw.Flush()
+}
+
+// bencher runs measurements on in-process nodes in dir.
+type bencher struct {
+	ctx context.Context
+	dir string
+	log *slog.Logger
+	n   int
+}
+
+// node starts a node on listen in a fresh data directory.
+func (b *bencher) node(listen string) (*runningNode, error) {
+	b.n++
+	l := layout(filepath.Join(b.dir, fmt.Sprintf("node%d", b.n)))
+	if _, err := initDataDir(l); err != nil {
+		return nil, err
+	}
+	return openNode(l, nodeOptions{listen: []string{listen}, budget: -1}, b.log)
+}
+
+func since(t time.Time) float64 { return time.Since(t).Seconds() }
