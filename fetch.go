@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/blobsync/blobsync/datastore"
 	"github.com/blobsync/blobsync/protocol"
@@ -37,11 +38,11 @@ func (n *Node) Fetch(ctx context.Context, ref Ref, opts FetchOptions) (int64, er
 		if size, ok, err := n.blobs.Has(ref); err != nil || ok {
 			return size, err
 		}
-		f, joined := n.joinFlight(ref, opts)
+		f, waiter, joined := n.joinFlight(ref, opts)
 		select {
 		case <-f.done:
 		case <-ctx.Done():
-			n.leaveFlight(f)
+			n.leaveFlight(f, waiter)
 			return 0, ctx.Err()
 		}
 		if f.err == nil || !joined || len(opts.From) == 0 || try > 0 {
@@ -52,59 +53,79 @@ func (n *Node) Fetch(ctx context.Context, ref Ref, opts FetchOptions) (int64, er
 
 // flight is one blob's transfer shared by the Fetch calls waiting for it.
 type flight struct {
-	ref      Ref
-	done     chan struct{} // closed when size and err are set
-	size     int64
-	err      error
-	cancel   context.CancelFunc
-	waiters  int                 // under Node.flightsMu
-	progress []protocol.Progress // under Node.flightsMu
+	ref     Ref
+	done    chan struct{} // closed when size and err are set
+	size    int64
+	err     error
+	cancel  context.CancelFunc
+	waiters int // under Node.flightsMu
+	next    int // the next waiter's number; under Node.flightsMu
+
+	// progressMu guards progress and is held while calling it, so a waiter
+	// that has left (leaveFlight) is never called again. Per flight: a slow
+	// callback holds up only its own transfer.
+	progressMu sync.Mutex
+	progress   map[int]protocol.Progress // by waiter
 }
 
-// joinFlight returns ref's flight, starting one (with opts) if there is none;
-// joined reports whether it was already under way.
-func (n *Node) joinFlight(ref Ref, opts FetchOptions) (f *flight, joined bool) {
+// join adds a waiter with its progress function (nil for none). The caller
+// holds Node.flightsMu.
+func (f *flight) join(p protocol.Progress) int {
+	f.waiters++
+	f.next++
+	if p != nil {
+		f.progressMu.Lock()
+		f.progress[f.next] = p
+		f.progressMu.Unlock()
+	}
+	return f.next
+}
+
+// report calls every waiter's progress function.
+func (f *flight) report(done, total int64) {
+	f.progressMu.Lock()
+	defer f.progressMu.Unlock()
+	for _, fn := range f.progress {
+		fn(done, total)
+	}
+}
+
+// joinFlight returns ref's flight and this caller's number in it, starting
+// the flight (with opts) if there is none; joined reports whether it was
+// already under way.
+func (n *Node) joinFlight(ref Ref, opts FetchOptions) (f *flight, waiter int, joined bool) {
 	n.flightsMu.Lock()
 	defer n.flightsMu.Unlock()
 	if f, ok := n.flights[ref]; ok {
-		f.waiters++
-		if opts.Progress != nil {
-			f.progress = append(f.progress, opts.Progress)
-		}
-		return f, true
+		return f, f.join(opts.Progress), true
 	}
 	ctx, cancel := context.WithCancel(n.ctx)
-	f = &flight{ref: ref, done: make(chan struct{}), cancel: cancel, waiters: 1}
+	f = &flight{ref: ref, done: make(chan struct{}), cancel: cancel, progress: map[int]protocol.Progress{}}
+	waiter = f.join(opts.Progress)
 	if n.ctx.Err() != nil { // closed: start nothing
 		f.err = ErrClosed
 		close(f.done)
-		return f, false
-	}
-	if opts.Progress != nil {
-		f.progress = append(f.progress, opts.Progress)
+		return f, waiter, false
 	}
 	n.flights[ref] = f
 	n.wg.Go(func() {
 		defer cancel()
-		size, err := n.locateAndFetch(ctx, ref, opts.From, func(done, total int64) {
-			n.flightsMu.Lock()
-			fns := slices.Clone(f.progress)
-			n.flightsMu.Unlock()
-			for _, fn := range fns {
-				fn(done, total)
-			}
-		})
+		size, err := n.locateAndFetch(ctx, ref, opts.From, f.report)
 		n.flightsMu.Lock()
 		delete(n.flights, ref)
 		n.flightsMu.Unlock()
 		f.size, f.err = size, err
 		close(f.done)
 	})
-	return f, false
+	return f, waiter, false
 }
 
-// leaveFlight drops a waiter that gave up; the last one cancels the transfer.
-func (n *Node) leaveFlight(f *flight) {
+// leaveFlight drops a waiter that gave up, with its progress function; the
+// last one cancels the transfer.
+func (n *Node) leaveFlight(f *flight, waiter int) {
+	f.progressMu.Lock()
+	delete(f.progress, waiter)
+	f.progressMu.Unlock()
 	n.flightsMu.Lock()
 	defer n.flightsMu.Unlock()
 	f.waiters--

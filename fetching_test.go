@@ -2,10 +2,19 @@ package blobsync
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
+	"github.com/blobsync/blobsync/p2p"
+	"github.com/blobsync/blobsync/protocol"
+	leveldb "github.com/ipfs/go-ds-leveldb"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 func TestServersFetchWithoutBeingAskedNormalMembersDoNot(t *testing.T) {
@@ -68,5 +77,54 @@ func TestConcurrentFetchesShareOneTransfer(t *testing.T) {
 	}
 	if sent := a.Stats().BytesSent; sent != int64(len(data)) {
 		t.Fatalf("8 concurrent fetches moved %d bytes, want one transfer of %d", sent, len(data))
+	}
+}
+
+// TestCallerThatLeavesGetsNoMoreProgress: a caller that gives up on a shared
+// transfer others keep going is not called again (review finding: the
+// daemon's fetch handler then wrote to a finished HTTP response and crashed).
+func TestCallerThatLeavesGetsNoMoreProgress(t *testing.T) {
+	key, _, _ := crypto.GenerateEd25519Key(nil)
+	h, err := p2p.New(key, p2p.ListenAddrs(ma.StringCast("/ip4/127.0.0.1/tcp/0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	d, _ := leveldb.NewDatastore(filepath.Join(dir, "ds"), nil)
+	slow, err := New(h, d, filepath.Join(dir, "blobs"), WithProtocolOptions(protocol.UploadRate(4<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { slow.Close(); h.Close(); d.Close() })
+	b := newNode(t)
+	data := random(t, 2<<20) // half a second at 4 MiB/s
+	ref, _, _ := slow.Put(t.Context(), bytes.NewReader(data), PutOptions{Public: true})
+	from := []peer.AddrInfo{addrInfo(slow)}
+
+	stayed := make(chan error, 1)
+	go func() { _, err := b.Fetch(t.Context(), ref, FetchOptions{From: from}); stayed <- err }()
+	var returned atomic.Bool
+	var after, calls atomic.Int64
+	ctx, cancel := context.WithCancel(t.Context())
+	_, err = b.Fetch(ctx, ref, FetchOptions{From: from, Progress: func(done, total int64) {
+		if calls.Add(1) == 1 {
+			cancel() // give up once the transfer is under way
+		}
+		if returned.Load() {
+			after.Add(1)
+		}
+	}})
+	returned.Store(true)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("the leaving caller's Fetch: %v", err)
+	}
+	if err := <-stayed; err != nil { // the transfer went on to the end for the other caller
+		t.Fatal(err)
+	}
+	if n := after.Load(); n > 0 {
+		t.Fatalf("progress called %d times after its Fetch returned", n)
+	}
+	if !bytes.Equal(readAll(t, b, ref), data) {
+		t.Fatal("bytes differ")
 	}
 }

@@ -37,8 +37,8 @@ type GCResult struct {
 }
 
 // GC drops the local copies this peer no longer owns: no shares in any
-// syncgroup, no pin, and at least one other peer has acknowledged holding the
-// blob. It never drops a copy nobody else acknowledged: never the last copy.
+// syncgroup, no pin, and another peer that acknowledged holding the blob says
+// (HaveBlob, asked now) that it still does. It never drops the last copy.
 func (n *Node) GC(ctx context.Context) (GCResult, error) { return n.collect(ctx, -1) }
 
 // collect drops droppable copies, those read least recently first, until
@@ -62,7 +62,7 @@ func (n *Node) collect(ctx context.Context, need int64) (GCResult, error) {
 		if need >= 0 && res.Freed >= need {
 			break
 		}
-		if b.Owned() || b.Holders == 0 {
+		if b.Owned() || b.Holders == 0 || !n.heldElsewhere(ctx, b.Ref) {
 			continue
 		}
 		dropped := false
@@ -132,4 +132,24 @@ func (n *Node) budgetLoop(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// heldElsewhere asks the peers that acknowledged holding ref, most recent
+// first and at most three, whether one still holds it.
+func (n *Node) heldElsewhere(ctx context.Context, ref Ref) bool {
+	meta, _, err := n.meta.BlobMeta(ctx, ref)
+	if err != nil {
+		return false
+	}
+	holders := slices.Clone(meta.Holders)
+	slices.Reverse(holders)
+	for _, p := range holders[:min(len(holders), 3)] {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		have, err := n.client.HaveBlob(qctx, p, ref)
+		cancel()
+		if err == nil && have.Held {
+			return true
+		}
+	}
+	return false
 }

@@ -103,8 +103,10 @@ func (p policy) Offer(ctx context.Context, caller peer.ID, ref datastore.Ref, di
 }
 
 // Accepted grants what caller took, within what this peer would offer it now
-// (its role, nearest distance) and what it has, and records caller as a holder.
-func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32) (map[string]int32, bool, error) {
+// (its role; the distance it gave when it fetched) and what it has, and
+// records caller as a holder. The Server calls it only for a caller that
+// completed a transfer of ref, once per transfer.
+func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32, distance map[string]uint32) (map[string]int32, bool, error) {
 	granted := map[string]int32{}
 	meta, err := p.n.meta.UpdateBlobMeta(ctx, ref, func(m *datastore.BlobMeta) bool {
 		for sg, want := range taken {
@@ -112,7 +114,11 @@ func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref,
 			if !member {
 				continue
 			}
-			if give := min(want, p.n.offerFor(sg, m.Shares[sg], role, 0)); give > 0 {
+			d, ok := distance[sg]
+			if !ok {
+				d = 2
+			}
+			if give := min(want, p.n.offerFor(sg, m.Shares[sg], role, d)); give > 0 {
 				m.Shares[sg] -= give
 				granted[sg] = give
 			}

@@ -2,6 +2,7 @@ package blobsync
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -257,5 +258,54 @@ func TestStorageBudgetDropsUnownedCopiesOldestFirst(t *testing.T) {
 	waitFor(t, "the budget to be met", func() bool { _, held, _ := device.Has(refs[0]); return !held })
 	if _, held, _ := device.Has(refs[2]); !held {
 		t.Fatal("the budget dropped more than it needed")
+	}
+}
+
+// TestAckWithoutFetchIsRefused: only a peer that fetched the blob from this
+// one may acknowledge it, once per transfer (review finding: otherwise a
+// member could drain the device's shares and let gc drop the only copy).
+func TestAckWithoutFetchIsRefused(t *testing.T) {
+	device, member := newNode(t), newNode(t)
+	group(t, device, RoleLeaf, map[*Node]Role{member: RoleNormal}) // the member outranks the device
+	ref := putIn(t, device, random(t, 10_000), testSG)
+	for range 2 {
+		if _, _, err := member.client.AcceptBlobOwnership(t.Context(), device.h.ID(), ref, map[string]int32{testSG: 2}); !errors.Is(err, protocol.ErrBadRequest) {
+			t.Fatalf("an acknowledgement without a fetch: %v, want ErrBadRequest", err)
+		}
+	}
+	if got := shares(t, device, ref); got != datastore.InitialShares {
+		t.Fatalf("the device holds %d shares after bogus acknowledgements", got)
+	}
+	if res, _ := device.GC(t.Context()); len(res.Dropped) != 0 {
+		t.Fatal("gc dropped the only copy")
+	}
+	// A real fetch is acknowledged once: a second acknowledgement is refused.
+	waitFor(t, "the announcement", func() bool { return signpostOn(t, member, ref).HasSyncgroup(testSG) })
+	if _, err := member.Fetch(t.Context(), ref, FetchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := shares(t, member, ref); got != 1 {
+		t.Fatalf("member took %d shares, want 1", got)
+	}
+	if _, _, err := member.client.AcceptBlobOwnership(t.Context(), device.h.ID(), ref, map[string]int32{testSG: 1}); !errors.Is(err, protocol.ErrBadRequest) {
+		t.Fatalf("a second acknowledgement of one transfer: %v, want ErrBadRequest", err)
+	}
+	if got := shares(t, device, ref); got != 1 {
+		t.Fatalf("the device holds %d shares, want 1", got)
+	}
+}
+
+// TestGCAsksHoldersFirst: a holder that dropped its copy since acknowledging
+// it does not count: gc keeps the device's copy.
+func TestGCAsksHoldersFirst(t *testing.T) {
+	device, server := newNode(t), newNode(t)
+	group(t, device, RoleNormal, map[*Node]Role{server: RoleServer})
+	ref := putIn(t, device, random(t, 10_000), testSG)
+	waitFor(t, "the server to take the shares", func() bool { return shares(t, device, ref) == 0 && server.FetchQueue(1).Pending == 0 })
+	if err := server.blobs.Delete(ref); err != nil { // lost, say, or dropped by hand
+		t.Fatal(err)
+	}
+	if res, _ := device.GC(t.Context()); len(res.Dropped) != 0 {
+		t.Fatal("gc dropped a copy whose only acknowledged holder no longer has it")
 	}
 }

@@ -84,7 +84,7 @@ func (p *testPolicy) Offer(_ context.Context, _ peer.ID, ref datastore.Ref, _ ma
 	return p.offers[ref], nil
 }
 
-func (p *testPolicy) Accepted(_ context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32) (map[string]int32, bool, error) {
+func (p *testPolicy) Accepted(_ context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32, _ map[string]uint32) (map[string]int32, bool, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.accepts = append(p.accepts, accept{caller, ref, taken})

@@ -44,10 +44,12 @@ type Policy interface {
 	// Offer returns the ownership shares this peer offers caller, which is
 	// fetching ref from it at the given distances to a server (DESIGN §7).
 	Offer(ctx context.Context, caller peer.ID, ref datastore.Ref, distance map[string]uint32) (map[string]int32, error)
-	// Accepted records that caller verified and holds ref and took shares;
-	// it grants at most what this peer has, atomically, and reports whether
-	// this peer keeps its copy.
-	Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32) (granted map[string]int32, keeping bool, err error)
+	// Accepted records that caller, which fetched all of ref from this peer
+	// at the given distances to a server, verified and holds it and took
+	// shares; it grants at most what this peer has and would offer, atomically,
+	// and reports whether this peer keeps its copy. The Server calls it once
+	// per completed transfer, and never for a caller that did not fetch.
+	Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32, distance map[string]uint32) (granted map[string]int32, keeping bool, err error)
 }
 
 // ServerStats counts what a Server has served.
@@ -64,6 +66,7 @@ type Server struct {
 	cfg    config
 	bufs   sync.Pool
 	rate   *rate.Limiter // nil: unlimited
+	served servedLog     // completed transfers, for AcceptedBlobOwnership
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -206,7 +209,8 @@ func (s *Server) notFound(caller peer.ID, ref datastore.Ref) *pb.Response {
 }
 
 // accepted answers AcceptedBlobOwnership: only from a caller that may have
-// the blob (anyone else gets the unknown-blob answer).
+// the blob (anyone else gets the unknown-blob answer), and only once for each
+// transfer of the blob to it that this Server completed.
 func (s *Server) accepted(caller peer.ID, ref datastore.Ref, taken map[string]int32) *pb.Response {
 	ok, err := s.policy.MayServe(s.ctx, caller, ref)
 	if err != nil {
@@ -215,7 +219,11 @@ func (s *Server) accepted(caller peer.ID, ref datastore.Ref, taken map[string]in
 	if !ok {
 		return &pb.Response{Status: pb.Status_NOT_FOUND}
 	}
-	granted, keeping, err := s.policy.Accepted(s.ctx, caller, ref, taken)
+	distance, fetched := s.served.take(caller, ref, time.Now())
+	if !fetched {
+		return &pb.Response{Status: pb.Status_BAD_REQUEST, Message: "no completed transfer of this blob to you to acknowledge"}
+	}
+	granted, keeping, err := s.policy.Accepted(s.ctx, caller, ref, taken, distance)
 	if err != nil {
 		return s.internal(err)
 	}
@@ -281,6 +289,7 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 		return fmt.Errorf("reading %s: %d of %d bytes: the file shrank while served", ref, sent, want)
 	}
 	s.blobsServed.Add(1)
+	s.served.record(caller, ref, distance, time.Now())
 	return nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/blobsync/blobsync"
@@ -283,16 +285,27 @@ func (a *api) fetch(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	flusher, _ := w.(http.Flusher)
-	send := func(ev fetchEvent) { // progress runs on the fetching goroutine: no locking needed
+	// Progress comes from the transfer's goroutine, which may outlive this
+	// handler (another caller can keep the transfer going): nothing is
+	// written once the handler has returned.
+	var mu sync.Mutex
+	finished := false
+	defer func() { mu.Lock(); finished = true; mu.Unlock() }()
+	send := func(ev fetchEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		if finished {
+			return
+		}
 		enc.Encode(ev)
 		if flusher != nil {
 			flusher.Flush()
 		}
 	}
-	var last time.Time
+	var last atomic.Int64 // unix nanoseconds of the last progress line
 	progress := func(done, total int64) {
-		if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || done == total {
-			last = now
+		if now := time.Now().UnixNano(); now-last.Load() >= int64(100*time.Millisecond) || done == total {
+			last.Store(now)
 			send(fetchEvent{Done: done, Total: total})
 		}
 	}
