@@ -205,12 +205,11 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress proto
 		return 0, nil, err
 	}
 	if !have.Held {
-		if !have.Signpost.IsZero() {
-			if _, err := n.meta.UpdateSignpost(ctx, ref, func(sp *datastore.Signpost) bool { return sp.Merge(have.Signpost) }); err != nil {
-				return 0, nil, err
-			}
+		more, err := n.mergeLocations(ctx, ref, p, have.Signpost)
+		if err != nil {
+			return 0, nil, err
 		}
-		return 0, have.Signpost.Locations, fmt.Errorf("peer %s: %w", p, protocol.ErrNotFound)
+		return 0, more, fmt.Errorf("peer %s: %w", p, protocol.ErrNotFound)
 	}
 	sp, _, err := n.meta.Signpost(ctx, ref)
 	if err != nil {
@@ -228,4 +227,46 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress proto
 		n.provide(ref.CID())
 	}
 	return got.Size, nil, nil
+}
+
+// mergeLocations takes from responder's signpost for ref only what this
+// peer can vouch for: locations that are members, by our own member lists, of
+// a syncgroup ref was learned in here or that responder names and both belong
+// to; servers only if our member lists say so. The responder's syncgroup IDs
+// are never stored. It merges those locations into ref's signpost and
+// returns them.
+func (n *Node) mergeLocations(ctx context.Context, ref Ref, responder peer.ID, remote datastore.Signpost) ([]datastore.Location, error) {
+	if len(remote.Locations) == 0 {
+		return nil, nil
+	}
+	sp, _, err := n.meta.Signpost(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	groups := slices.Clone(sp.SgIDs)
+	for _, sg := range remote.SgIDs {
+		if _, mine := n.groups.MyRole(sg); mine && n.groups.IsMember(sg, responder) && !slices.Contains(groups, sg) {
+			groups = append(groups, sg)
+		}
+	}
+	var kept []datastore.Location
+	for _, l := range remote.Locations {
+		member, server := false, false
+		for _, sg := range groups {
+			if role, ok := n.groups.Role(sg, l.Peer); ok {
+				member, server = true, server || role == RoleServer
+			}
+		}
+		if member && l.Peer != n.h.ID() {
+			l.IsServer, l.IsProxy = server, false
+			kept = append(kept, l)
+		}
+	}
+	if len(kept) == 0 {
+		return nil, nil
+	}
+	_, err = n.meta.UpdateSignpost(ctx, ref, func(sp *datastore.Signpost) bool {
+		return sp.Merge(datastore.Signpost{Locations: kept})
+	})
+	return kept, err
 }

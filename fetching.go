@@ -84,9 +84,21 @@ func (s fetchSource) SetFetchAttempts(ctx context.Context, ref datastore.Ref, n 
 }
 
 // fetchInBackground is the server fetcher's fetch: locate through the
-// signpost, resume any partial file, verify, finalize.
+// signpost, resume any partial file, verify, finalize. A blob this peer no
+// longer serves a syncgroup of (it left, or rejoined in another role) is
+// dropped from the queue.
 func (n *Node) fetchInBackground(ctx context.Context, ref datastore.Ref) error {
-	_, err := n.Fetch(ctx, ref, FetchOptions{})
+	wanted, err := fetchSource{n}.Wanted(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if !wanted {
+		if _, held, _ := n.blobs.Has(ref); held {
+			return nil // held already, fetched some other way
+		}
+		return fetcher.ErrUnwanted
+	}
+	_, err = n.Fetch(ctx, ref, FetchOptions{})
 	return err
 }
 

@@ -8,13 +8,19 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/blobsync/blobsync/datastore"
 	"github.com/blobsync/blobsync/p2p"
 	"github.com/blobsync/blobsync/protocol"
+	"github.com/blobsync/blobsync/protocol/pb"
 	leveldb "github.com/ipfs/go-ds-leveldb"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/test"
 	ma "github.com/multiformats/go-multiaddr"
+	"google.golang.org/protobuf/encoding/protodelim"
 )
 
 func TestServersFetchWithoutBeingAskedNormalMembersDoNot(t *testing.T) {
@@ -126,5 +132,63 @@ func TestCallerThatLeavesGetsNoMoreProgress(t *testing.T) {
 	}
 	if !bytes.Equal(readAll(t, b, ref), data) {
 		t.Fatal("bytes differ")
+	}
+}
+
+// TestForgedHaveBlobAnswerCannotPoisonSignposts (review finding): a peer in
+// no syncgroup answers HaveBlob with a signpost naming our group and four
+// invented "servers" from the future. None of it is kept, and when the
+// device announces the blob the server fetches it.
+func TestForgedHaveBlobAnswerCannotPoisonSignposts(t *testing.T) {
+	server, device, hostile := newNode(t), newNode(t), newNode(t)
+	if _, err := server.CreateSyncgroup(t.Context(), testSG, ACL{Open: true}, RoleServer); err != nil {
+		t.Fatal(err)
+	}
+	data := random(t, 100_000)
+	ref := datastore.RefOf(data)
+	hostile.h.SetStreamHandler(protocol.ID, func(s network.Stream) {
+		sp := &pb.Signpost{SgIds: []string{testSG}}
+		for range 4 {
+			p, _ := test.RandPeerID()
+			sp.Locations = append(sp.Locations, &pb.Location{Peer: []byte(p), WhenSeenUnixNano: time.Now().Add(time.Hour).UnixNano(), IsServer: true})
+		}
+		protodelim.MarshalTo(s, &pb.Response{Status: pb.Status_NOT_FOUND, Signpost: sp})
+		s.Close()
+	})
+	if _, err := server.Fetch(t.Context(), ref, FetchOptions{From: []peer.AddrInfo{addrInfo(hostile)}}); !errors.Is(err, ErrNoLocation) {
+		t.Fatalf("fetch from the liar: %v", err)
+	}
+	if sp := signpostOn(t, server, ref); !sp.IsZero() {
+		t.Fatalf("the liar's signpost was kept: %+v", sp)
+	}
+	if _, err := device.JoinSyncgroup(t.Context(), testSG, addrInfo(server), RoleNormal); err != nil {
+		t.Fatal(err)
+	}
+	putIn(t, device, data, testSG)
+	waitFor(t, "the server to fetch the real blob", func() bool { _, held, _ := server.Has(ref); return held })
+}
+
+// TestRoleDowngradeStopsFetching (review finding): a server that rejoins its
+// syncgroup as a normal member stops fetching the group's blobs.
+func TestRoleDowngradeStopsFetching(t *testing.T) {
+	s, m := newNode(t), newNode(t)
+	s.CreateSyncgroup(t.Context(), testSG, ACL{Open: true}, RoleServer)
+	m.JoinSyncgroup(t.Context(), testSG, addrInfo(s), RoleNormal)
+	nowhere, _ := test.RandPeerID()
+	ref := datastore.RefOf([]byte("held by a peer that does not exist"))
+	if err := s.ProcessBlobRefs(t.Context(), testSG, nowhere, []Ref{ref}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a failed attempt", func() bool {
+		q := s.FetchQueue(1)
+		return q.Pending == 1 && len(q.Blobs) == 1 && q.Blobs[0].Attempts == 1 && !q.Blobs[0].InFlight
+	})
+	if _, err := s.JoinSyncgroup(t.Context(), testSG, addrInfo(m), RoleNormal); err != nil {
+		t.Fatal(err)
+	}
+	s.fetcher.Expedite(ref)
+	waitFor(t, "the queue to drop the blob", func() bool { return s.FetchQueue(1).Pending == 0 })
+	if sp := signpostOn(t, s, ref); sp.FetchAttempts != 1 {
+		t.Fatalf("the unwanted blob's attempt was counted: %d", sp.FetchAttempts)
 	}
 }

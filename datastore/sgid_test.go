@@ -15,6 +15,7 @@ func TestCheckSyncgroupID(t *testing.T) {
 	for _, bad := range []string{
 		"", "family", "/blobsync/sg/", "/blobsync/sgx/a", "/ipfs/sg/a", "/blobsync/sg/a/b",
 		"/blobsync/sg/a b", "/blobsync/sg/a\x00", "/blobsync/sg/ü", "/blobsync/sg/" + strings.Repeat("x", 200),
+		"/blobsync/sg/.", "/blobsync/sg/..", "/blobsync/sg/.hidden", "/blobsync/sg/-x", "/blobsync/sg/_x",
 	} {
 		if err := CheckSyncgroupID(bad); !errors.Is(err, ErrBadSyncgroupID) {
 			t.Errorf("CheckSyncgroupID(%q) = %v, want ErrBadSyncgroupID", bad, err)

@@ -18,8 +18,14 @@ import (
 	"github.com/blobsync/blobsync/datastore"
 )
 
-// FetchFunc fetches one blob; a nil error means the blob is held now.
+// FetchFunc fetches one blob; a nil error means the blob is held now, and
+// ErrUnwanted that it is no longer to be fetched (nor counted as an attempt).
 type FetchFunc func(ctx context.Context, ref datastore.Ref) error
+
+// ErrUnwanted is what a FetchFunc returns for a blob this peer no longer
+// wants (it left the syncgroup, or is no longer a server of it): the Fetcher
+// forgets the blob, as if stopped.
+var ErrUnwanted = errors.New("blob no longer wanted")
 
 // Store keeps each blob's fetch attempts (in its signpost), so that backoff
 // survives restarts.
@@ -244,6 +250,15 @@ func (f *Fetcher) run() {
 // blob with backoff if it failed and is still wanted.
 func (f *Fetcher) attempt(s *state) {
 	err := f.fetch(f.ctx, s.ref)
+	if errors.Is(err, ErrUnwanted) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		s.stopped = true
+		f.inFlight--
+		delete(f.states, s.ref)
+		f.nudge()
+		return
+	}
 	attempts := s.attempts + 1 // only this goroutine touches attempts while in flight
 	// Persist before requeueing, so counts reach the store in order; a
 	// shutdown must not lose the count, so the write outlives f.ctx.

@@ -12,33 +12,65 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// peerBin is the peer binary built once for the package.
-var peerBin string
+// peerBin is the peer binary, built once for the package by the first test
+// that needs it.
+var (
+	peerBin   string
+	buildOnce sync.Once
+	buildErr  error
+)
 
 func TestMain(m *testing.M) {
-	os.Exit(buildAndRun(m))
-}
-
-func buildAndRun(m *testing.M) int {
 	dir, err := os.MkdirTemp("", "blobsync-integration-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		return 1
+		os.Exit(1)
 	}
-	defer os.RemoveAll(dir)
 	peerBin = filepath.Join(dir, "peer")
-	build := exec.Command("go", "build", "-o", peerBin, "../cmd/peer")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building peer:", err)
-		return 1
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// built builds the peer binary once. It runs inside the tests, where go test
+// records the files a test touches: stating the sources there makes any
+// change to them rerun the suite instead of replaying a cached result.
+func built(t *testing.T) {
+	t.Helper()
+	buildOnce.Do(func() {
+		if buildErr = statSources(".."); buildErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", peerBin, "../cmd/peer").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("building peer: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
 	}
-	return m.Run()
+}
+
+// statSources stats every Go source and module file under root.
+func statSources(root string) error {
+	return filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if name := d.Name(); strings.HasSuffix(name, ".go") || name == "go.mod" || name == "go.sum" {
+			_, err = os.Stat(p)
+		}
+		return err
+	})
 }
 
 // result is what one peer command did.
@@ -50,6 +82,7 @@ type result struct {
 // peer runs the binary with args and returns its output and exit status.
 func peer(t *testing.T, args ...string) result {
 	t.Helper()
+	built(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, peerBin, args...)
@@ -114,6 +147,7 @@ func runDaemon(t *testing.T, dir string, listen ...string) *daemon {
 
 func runDaemonWith(t *testing.T, dir string, extra []string, listen ...string) *daemon {
 	t.Helper()
+	built(t)
 	args := append([]string{"daemon", "--data", dir, "--log-level", "debug"}, extra...)
 	for _, l := range listen {
 		args = append(args, "--listen", l)

@@ -32,9 +32,40 @@ func TestGetBlobCarriesTheOfferAndAcceptRoundTrips(t *testing.T) {
 	if len(a.policy.accepts) != 1 || a.policy.accepts[0].caller != b.h.ID() || a.policy.accepts[0].taken[ownSG] != 5 {
 		t.Fatalf("server recorded %+v", a.policy.accepts)
 	}
-	// An acknowledgement with nothing taken is still one.
+	// One acknowledgement per transfer: another is refused.
+	if _, _, err := b.client.AcceptBlobOwnership(t.Context(), a.h.ID(), ref, nil); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("a second acknowledgement of one transfer: %v, want ErrBadRequest", err)
+	}
+	if len(a.policy.accepts) != 1 {
+		t.Fatalf("the policy saw %d acknowledgements", len(a.policy.accepts))
+	}
+	// An acknowledgement with nothing taken, after a new transfer, is still one.
+	b.store.Delete(ref)
+	if _, err := b.client.Fetch(t.Context(), a.h.ID(), ref, b.store, GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if granted, _, err := b.client.AcceptBlobOwnership(t.Context(), a.h.ID(), ref, nil); err != nil || len(granted) != 0 {
 		t.Fatalf("empty accept: %v, %v", granted, err)
+	}
+}
+
+func TestAcceptWithoutATransferIsRefused(t *testing.T) {
+	a := newServing(t, false)
+	ref := a.put(t, randomBytes(t, 100), true)
+	b := newFetching(t, a.h, false)
+	if _, _, err := b.client.AcceptBlobOwnership(t.Context(), a.h.ID(), ref, map[string]int32{ownSG: 1}); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("an acknowledgement with no transfer: %v, want ErrBadRequest", err)
+	}
+	// A transfer that did not reach the end does not count either.
+	var w bytes.Buffer
+	if _, _, err := b.getBlob(t.Context(), a.h.ID(), ref, 0, &w); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.client.AcceptBlobOwnership(t.Context(), a.h.ID(), ref, nil); err != nil {
+		t.Fatalf("after a complete GetBlob: %v", err)
+	}
+	if len(a.policy.accepts) != 1 {
+		t.Fatalf("the policy saw %d acknowledgements, want 1", len(a.policy.accepts))
 	}
 }
 

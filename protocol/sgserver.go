@@ -107,9 +107,11 @@ func (s *SgServer) Stop(id string) {
 func (s *SgServer) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	s.h.RemoveStreamHandler(sgPrefixID)
 	clear(s.served)
 	s.mu.Unlock()
+	// Not under mu: the mux holds its handler lock while it calls the match
+	// function, which takes mu (a lock-order inversion otherwise).
+	s.h.RemoveStreamHandler(sgPrefixID)
 	s.cancel()
 	s.wg.Wait()
 	return nil

@@ -14,14 +14,16 @@ import (
 // The Manager answers the syncgroup protocol (protocol.Syncgroups).
 var _ protocol.Syncgroups = (*Manager)(nil)
 
-// memberGroup returns syncgroup id if caller is one of its members.
+// memberGroup returns syncgroup id if caller is one of its members. To
+// anyone else the answer is exactly that for a syncgroup this peer is not in:
+// strangers cannot learn which syncgroups this peer belongs to.
 func (m *Manager) memberGroup(id string, caller peer.ID) (*group, error) {
 	g, err := m.group(id)
 	if err != nil {
 		return nil, err
 	}
 	if !m.IsMember(id, caller) {
-		return nil, fmt.Errorf("%w: %s is not a member of %s", protocol.ErrNotMember, caller, id)
+		return nil, fmt.Errorf("%w: %s", protocol.ErrUnknownSyncgroup, id)
 	}
 	return g, nil
 }
@@ -101,12 +103,18 @@ func moreAfter(origins []peer.ID, wm, since map[peer.ID]uint64) bool {
 	return slices.ContainsFunc(origins, func(o peer.ID) bool { return wm[o] > since[o] })
 }
 
-// HandleAnnounce applies the entries a member pushed; after a gap it pulls
-// from that member.
+// HandleAnnounce applies the entries a member pushed — its own entries only:
+// a member cannot take another's sequence numbers with forged entries. After
+// a gap it pulls from that member.
 func (m *Manager) HandleAnnounce(ctx context.Context, id string, caller peer.ID, entries []datastore.LogEntry) (int, error) {
 	g, err := m.memberGroup(id, caller)
 	if err != nil {
 		return 0, err
+	}
+	for _, e := range entries {
+		if e.Origin != caller {
+			return 0, fmt.Errorf("%w: %s pushed an entry of %s", protocol.ErrBadRequest, caller, e.Origin)
+		}
 	}
 	g.mu.Lock()
 	applied, pending, err := m.apply(ctx, id, g, caller, entries)

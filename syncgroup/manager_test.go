@@ -238,19 +238,27 @@ func TestNonMemberTrafficIsRefusedWithoutChange(t *testing.T) {
 	b.m.Join(t.Context(), sg, a.id, datastore.RoleNormal)
 	before, _ := a.m.Watermarks(sg)
 
+	// To a non-member the answer is that for a group this peer is not in:
+	// it cannot even learn that the group exists here.
 	forged := []datastore.LogEntry{{Origin: stranger.id, Seq: 1, Blob: &datastore.BlobAnnouncement{Ref: ref(7), Holder: stranger.id}}}
-	if _, err := a.m.HandleAnnounce(t.Context(), sg, stranger.id, forged); !errors.Is(err, protocol.ErrNotMember) {
-		t.Fatalf("announce from a non-member: %v, want ErrNotMember", err)
+	if _, err := a.m.HandleAnnounce(t.Context(), sg, stranger.id, forged); !errors.Is(err, protocol.ErrUnknownSyncgroup) {
+		t.Fatalf("announce from a non-member: %v, want ErrUnknownSyncgroup", err)
 	}
-	if _, _, err := a.m.HandlePull(t.Context(), sg, stranger.id, nil, 10); !errors.Is(err, protocol.ErrNotMember) {
+	if _, _, err := a.m.HandlePull(t.Context(), sg, stranger.id, nil, 10); !errors.Is(err, protocol.ErrUnknownSyncgroup) {
 		t.Fatalf("pull by a non-member: %v", err)
 	}
-	if _, err := a.m.HandleMembers(t.Context(), sg, stranger.id); !errors.Is(err, protocol.ErrNotMember) {
+	if _, err := a.m.HandleMembers(t.Context(), sg, stranger.id); !errors.Is(err, protocol.ErrUnknownSyncgroup) {
 		t.Fatalf("members for a non-member: %v", err)
 	}
-	// A member relaying entries whose origin is not a member: not applied.
-	if got, err := a.m.HandleAnnounce(t.Context(), sg, b.id, forged); err != nil || got != 0 {
-		t.Fatalf("forged origin via a member: applied %d, %v", got, err)
+	// A member may push only its own entries: not a stranger's, nor another
+	// member's (it would take that member's sequence numbers).
+	if _, err := a.m.HandleAnnounce(t.Context(), sg, b.id, forged); !errors.Is(err, protocol.ErrBadRequest) {
+		t.Fatalf("a stranger's entry pushed by a member: %v, want ErrBadRequest", err)
+	}
+	wmA, _ := a.m.Watermarks(sg)
+	asA := []datastore.LogEntry{{Origin: a.id, Seq: wmA[a.id] + 1, Blob: &datastore.BlobAnnouncement{Ref: ref(8), Holder: a.id}}}
+	if _, err := a.m.HandleAnnounce(t.Context(), sg, b.id, asA); !errors.Is(err, protocol.ErrBadRequest) {
+		t.Fatalf("another member's entry pushed by a member: %v, want ErrBadRequest", err)
 	}
 	// A member admitting someone the ACL does not: not applied.
 	wmB, _ := b.m.Watermarks(sg)

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/blobsync/blobsync/datastore"
 	"github.com/blobsync/blobsync/fetcher"
 	"github.com/blobsync/blobsync/p2p"
 	leveldb "github.com/ipfs/go-ds-leveldb"
@@ -168,7 +167,9 @@ func initDataDir(l layout) (peer.ID, error) {
 			return "", fmt.Errorf("datastore: %w", err)
 		}
 	}
-	if _, err := datastore.OpenBlobStore(l.blobs()); err != nil {
+	// Only the directories: opening the blob store would clean up abandoned
+	// puts, and a running daemon's put in progress looks just like one.
+	if err := os.MkdirAll(filepath.Join(l.blobs(), "partial"), 0o700); err != nil {
 		return "", err
 	}
 	return id, nil

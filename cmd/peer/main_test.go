@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -120,5 +122,24 @@ func TestParseSize(t *testing.T) {
 		if _, err := parseSize(bad); err == nil {
 			t.Errorf("parseSize(%q) accepted", bad)
 		}
+	}
+}
+
+// TestInitKeepsADaemonsPutInProgress (review finding): peer init on a data
+// directory in use does not remove what a running daemon is writing.
+func TestInitKeepsADaemonsPutInProgress(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := initDataDir(layout(dir)); err != nil {
+		t.Fatal(err)
+	}
+	inProgress := filepath.Join(dir, "blobs", "partial", "put-12345")
+	if err := os.WriteFile(inProgress, []byte("half a blob"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := initDataDir(layout(dir)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(inProgress); err != nil {
+		t.Fatalf("init removed a put in progress: %v", err)
 	}
 }
