@@ -81,16 +81,6 @@ func (n *Node) held(m *datastore.BlobMeta, size int64) {
 	m.Referenced = now
 }
 
-// recordFetched records a blob fetched from a peer.
-func (n *Node) recordFetched(ctx context.Context, ref Ref, size int64) error {
-	_, err := n.meta.UpdateBlobMeta(ctx, ref, func(m *datastore.BlobMeta) bool {
-		n.held(m, size)
-		return true
-	})
-	n.checkBudget()
-	return err
-}
-
 // Open opens a held blob for reading; the error wraps ErrNotFound if it is not held.
 func (n *Node) Open(ref Ref) (*os.File, int64, error) { return n.blobs.Open(ref) }
 

@@ -197,32 +197,55 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 	return 0, fmt.Errorf("blob %s: %w: %w", ref, ErrNoLocation, errors.Join(errs...))
 }
 
-// fetchFrom asks p for ref and fetches it if p has it. If p has not, the
-// locations of p's signpost are merged into ours and returned.
+// fetchFrom fetches ref from p. If p has not got it, p's signpost is asked
+// for (HaveBlob) and the locations this peer can vouch for are merged into
+// ours and returned. After a verified fetch it acknowledges it to p, taking
+// the shares p offered, and records the blob, the shares and, if p will not
+// keep its copy, p's removal from the signpost, in one commit.
 func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress protocol.Progress) (int64, []datastore.Location, error) {
-	have, err := n.client.HaveBlob(ctx, p, ref)
-	if err != nil {
-		return 0, nil, err
-	}
-	if !have.Held {
-		more, err := n.mergeLocations(ctx, ref, p, have.Signpost)
-		if err != nil {
-			return 0, nil, err
-		}
-		return 0, more, fmt.Errorf("peer %s: %w", p, protocol.ErrNotFound)
-	}
 	sp, _, err := n.meta.Signpost(ctx, ref)
 	if err != nil {
 		return 0, nil, err
 	}
 	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sp.SgIDs), Progress: progress})
+	if errors.Is(err, protocol.ErrNotFound) {
+		have, herr := n.client.HaveBlob(ctx, p, ref)
+		if herr != nil || have.Held { // gone meanwhile, or there now: try it again later
+			return 0, nil, err
+		}
+		more, merr := n.mergeLocations(ctx, ref, p, have.Signpost)
+		if merr != nil {
+			return 0, nil, merr
+		}
+		return 0, more, err
+	}
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := n.recordFetched(ctx, ref, got.Size); err != nil {
+	granted, keeping, ackErr := n.acknowledge(ctx, p, ref, got.Offered)
+	err = n.meta.UpdateBlobAndSignpost(ctx, ref,
+		func(m *datastore.BlobMeta) bool {
+			n.held(m, got.Size)
+			for sg, k := range granted {
+				if m.Shares == nil {
+					m.Shares = map[string]int32{}
+				}
+				m.Shares[sg] += k
+			}
+			return true
+		},
+		func(sp *datastore.Signpost) bool {
+			if ackErr != nil || keeping {
+				return false
+			}
+			before := len(sp.Locations)
+			sp.Locations = slices.DeleteFunc(sp.Locations, func(l datastore.Location) bool { return l.Peer == p })
+			return len(sp.Locations) != before
+		})
+	if err != nil {
 		return 0, nil, err
 	}
-	n.takeOwnership(ctx, p, ref, got.Offered)
+	n.checkBudget()
 	if n.serves(ctx, ref) {
 		n.provide(ref.CID())
 	}

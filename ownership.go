@@ -3,7 +3,6 @@ package blobsync
 import (
 	"context"
 	"maps"
-	"slices"
 
 	"github.com/blobsync/blobsync/datastore"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -131,11 +130,11 @@ func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref,
 	return granted, meta.Owned(), nil
 }
 
-// takeOwnership acknowledges a verified fetch of ref from p, taking the
-// shares p offered in the syncgroups this peer belongs to, and adds what p
-// granted. If p will not keep its copy, p is dropped from ref's signpost. A
-// failure leaves the shares with p: the blob keeps an owner.
-func (n *Node) takeOwnership(ctx context.Context, p peer.ID, ref Ref, offered map[string]int32) {
+// acknowledge tells p that this peer verified and holds ref, taking the
+// shares p offered in the syncgroups this peer belongs to. It returns what p
+// granted and whether p keeps its copy. On failure p keeps its shares: the
+// blob keeps an owner.
+func (n *Node) acknowledge(ctx context.Context, p peer.ID, ref Ref, offered map[string]int32) (map[string]int32, bool, error) {
 	take := map[string]int32{}
 	for sg, k := range offered {
 		if _, member := n.groups.MyRole(sg); member {
@@ -145,32 +144,8 @@ func (n *Node) takeOwnership(ctx context.Context, p peer.ID, ref Ref, offered ma
 	granted, keeping, err := n.client.AcceptBlobOwnership(ctx, p, ref, take)
 	if err != nil {
 		n.cfg.log.Debug("ownership: acknowledging a fetch failed; the sender keeps its shares", "ref", ref, "peer", p, "err", err)
-		return
 	}
-	if len(granted) > 0 {
-		_, err = n.meta.UpdateBlobMeta(ctx, ref, func(m *datastore.BlobMeta) bool {
-			if m.Shares == nil {
-				m.Shares = map[string]int32{}
-			}
-			for sg, k := range granted {
-				m.Shares[sg] += k
-			}
-			return true
-		})
-		if err != nil {
-			n.cfg.log.Warn("ownership: recording granted shares", "ref", ref, "err", err)
-		}
-	}
-	if !keeping {
-		_, err = n.meta.UpdateSignpost(ctx, ref, func(sp *datastore.Signpost) bool {
-			before := len(sp.Locations)
-			sp.Locations = slices.DeleteFunc(sp.Locations, func(l datastore.Location) bool { return l.Peer == p })
-			return len(sp.Locations) != before
-		})
-		if err != nil {
-			n.cfg.log.Warn("ownership: dropping a location", "ref", ref, "err", err)
-		}
-	}
+	return granted, keeping, err
 }
 
 // Shares returns this peer's ownership shares of ref per syncgroup.

@@ -129,10 +129,10 @@ func (s *BlobStore) install(tmp string, ref Ref) error {
 	if err := os.Rename(tmp, final); err != nil {
 		return err
 	}
-	if err := syncDir(shard); err != nil {
-		return err
-	}
-	return syncDir(s.partialDir)
+	// The final name must survive a crash; the partial directory need not be
+	// synced: a complete partial file that reappears is verified and
+	// installed again (or dropped, as the blob is held).
+	return syncDir(shard)
 }
 
 func syncDir(dir string) error {

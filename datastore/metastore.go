@@ -219,6 +219,32 @@ func (m *MetaStore) UpdateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMe
 	return meta, nil
 }
 
+// UpdateBlobAndSignpost applies fnMeta to ref's metadata and fnSp to its
+// signpost under one lock, and stores whichever changed in one commit.
+func (m *MetaStore) UpdateBlobAndSignpost(ctx context.Context, ref Ref, fnMeta func(*BlobMeta) bool, fnSp func(*Signpost) bool) error {
+	unlock := m.lock(ref)
+	defer unlock()
+	meta, _, err := m.BlobMeta(ctx, ref)
+	if err != nil {
+		return err
+	}
+	sp, _, err := m.getSignpost(ctx, ref)
+	if err != nil {
+		return err
+	}
+	var ops []writeOp
+	if fnMeta(&meta) {
+		ops = append(ops, writeOp{key: blobKey(ref), value: encodeBlobMeta(meta)})
+	}
+	if fnSp(&sp) {
+		ops = append(ops, writeOp{key: signpostKey(ref), value: encodeSignpost(sp)})
+	}
+	if err := m.w.commit(ctx, ops...); err != nil {
+		return fmt.Errorf("blob %s: %w", ref, err)
+	}
+	return nil
+}
+
 // DeleteBlobMeta removes ref's metadata, if any.
 func (m *MetaStore) DeleteBlobMeta(ctx context.Context, ref Ref) error {
 	unlock := m.lock(ref)
