@@ -58,6 +58,7 @@ type Node struct {
 
 	fetcher     *fetcher.Fetcher
 	fetchServer *fetcher.Server
+	metrics     *metrics
 
 	flightsMu sync.Mutex
 	flights   map[Ref]*flight // transfers under way, shared by their Fetch calls
@@ -136,7 +137,7 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 		return nil, err
 	}
 	popts := append([]protocol.Option{protocol.Logger(cfg.log)}, cfg.protoOpts...)
-	n := &Node{h: h, blobs: blobs, meta: datastore.NewMetaStore(d), cfg: cfg}
+	n := &Node{h: h, blobs: blobs, meta: datastore.NewMetaStore(d), cfg: cfg, metrics: newMetrics()}
 	if n.client, err = protocol.NewClient(h, popts...); err != nil {
 		return nil, err
 	}
@@ -173,7 +174,7 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 		n.sgServer.Close()
 		return nil, err
 	}
-	fopts := append([]fetcher.Option{fetcher.WithLogger(cfg.log)}, cfg.fetchOpts...)
+	fopts := append([]fetcher.Option{fetcher.WithLogger(cfg.log), fetcher.WithObserver(n.metrics.observe)}, cfg.fetchOpts...)
 	if n.fetcher, err = fetcher.New(n.fetchInBackground, fetchSource{n}, fopts...); err == nil {
 		sopts := append([]fetcher.ServerOption{fetcher.ServerLogger(cfg.log)}, cfg.serverOpts...)
 		if n.fetchServer, err = fetcher.NewServer(n.fetcher, fetchSource{n}, sopts...); err != nil {

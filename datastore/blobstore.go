@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // BlobStore keeps blob content under one directory:
@@ -27,6 +28,8 @@ type BlobStore struct {
 
 	mu      sync.Mutex
 	writing map[Ref]struct{} // refs whose partial file is open
+
+	held, heldBytes atomic.Int64 // verified blobs held, and their bytes
 }
 
 const (
@@ -55,8 +58,20 @@ func OpenBlobStore(dir string) (*BlobStore, error) {
 			}
 		}
 	}
+	blobs, err := s.List()
+	if err != nil {
+		return nil, fmt.Errorf("blob store: %w", err)
+	}
+	for _, b := range blobs {
+		s.held.Add(1)
+		s.heldBytes.Add(b.Size)
+	}
 	return s, nil
 }
+
+// Held returns how many verified blobs the store holds and their bytes,
+// without listing them.
+func (s *BlobStore) Held() (blobs, bytes int64) { return s.held.Load(), s.heldBytes.Load() }
 
 // Dir returns the store's directory.
 func (s *BlobStore) Dir() string { return s.dir }
@@ -95,7 +110,8 @@ func writeAndHash(f *os.File, r io.Reader) (Ref, int64, error) {
 	h := NewHasher()
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
-	n, err := io.CopyBuffer(io.MultiWriter(f, h), r, *bp)
+	w := &writebackWriter{f: f}
+	n, err := io.CopyBuffer(io.MultiWriter(w, h), r, *bp)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -108,6 +124,22 @@ func writeAndHash(f *os.File, r io.Reader) (Ref, int64, error) {
 	var d [DigestSize]byte
 	h.Sum(d[:0])
 	return RefFromDigest(d), n, nil
+}
+
+// writebackWriter writes to f, starting writeback every writebackChunk.
+type writebackWriter struct {
+	f        *os.File
+	n, flush int64
+}
+
+func (w *writebackWriter) Write(b []byte) (int, error) {
+	n, err := w.f.Write(b)
+	w.n += int64(n)
+	if w.n-w.flush >= writebackChunk {
+		startWriteback(w.f, w.flush, w.n-w.flush)
+		w.flush = w.n
+	}
+	return n, err
 }
 
 // install renames the verified file at tmp to ref's final name and fsyncs the
@@ -123,12 +155,24 @@ func (s *BlobStore) install(tmp string, ref Ref) error {
 			return err
 		}
 	}
+	fi, err := os.Stat(tmp)
+	if err != nil {
+		return err
+	}
+	// Under mu, so that of two installs of the same bytes one renames and
+	// counts, and the other finds the blob held.
+	s.mu.Lock()
 	if _, err := os.Stat(final); err == nil {
+		s.mu.Unlock()
 		return os.Remove(tmp) // same bytes already held
 	}
 	if err := os.Rename(tmp, final); err != nil {
+		s.mu.Unlock()
 		return err
 	}
+	s.held.Add(1)
+	s.heldBytes.Add(fi.Size())
+	s.mu.Unlock()
 	// The final name must survive a crash; the partial directory need not be
 	// synced: a complete partial file that reappears is verified and
 	// installed again (or dropped, as the blob is held).
@@ -179,9 +223,21 @@ func (s *BlobStore) Open(ref Ref) (*os.File, int64, error) {
 // Delete removes a held blob. Deleting a blob that is not held is not an error.
 func (s *BlobStore) Delete(ref Ref) error {
 	p := s.finalPath(ref)
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // removed meanwhile, and counted by whoever did
+		}
+		return err
+	}
+	s.held.Add(-1)
+	s.heldBytes.Add(-fi.Size())
 	return syncDir(filepath.Dir(p))
 }
 
@@ -279,7 +335,7 @@ func (s *BlobStore) openPartial(ref Ref) (*Partial, error) {
 		f.Close()
 		return nil, fmt.Errorf("partial %s: %w", ref, err)
 	}
-	return &Partial{s: s, ref: ref, path: path, f: f, h: h, n: n}, nil
+	return &Partial{s: s, ref: ref, path: path, f: f, h: h, n: n, flush: n}, nil
 }
 
 func (s *BlobStore) release(ref Ref) {

@@ -337,3 +337,28 @@ func TestListIgnoresStrangers(t *testing.T) {
 		t.Fatalf("List = %v, %v; want only %s", list, err, ref)
 	}
 }
+
+func TestHeldCounts(t *testing.T) {
+	s := openStore(t)
+	a, _, _ := s.Put(bytes.NewReader(randomBytes(t, 1000)))
+	s.Put(bytes.NewReader(randomBytes(t, 500)))
+	s.Put(bytes.NewReader(randomBytes(t, 1000))) // a third, distinct
+	data := randomBytes(t, 700)
+	s.Put(bytes.NewReader(data))
+	s.Put(bytes.NewReader(data)) // held already: not counted twice
+	if n, b := s.Held(); n != 4 || b != 3200 {
+		t.Fatalf("Held = %d, %d; want 4, 3200", n, b)
+	}
+	s.Delete(a)
+	s.Delete(a) // gone already
+	if n, b := s.Held(); n != 3 || b != 2200 {
+		t.Fatalf("after delete: Held = %d, %d", n, b)
+	}
+	reopened, err := OpenBlobStore(s.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, b := reopened.Held(); n != 3 || b != 2200 {
+		t.Fatalf("after reopen: Held = %d, %d", n, b)
+	}
+}

@@ -11,13 +11,17 @@ import (
 // A Partial is an open partial file: a blob being received, appended to at its
 // end and hashed as it grows. It is not safe for concurrent use.
 type Partial struct {
-	s    *BlobStore
-	ref  Ref
-	path string
-	f    *os.File // nil once ended
-	h    *blake3.Hasher
-	n    int64
+	s     *BlobStore
+	ref   Ref
+	path  string
+	f     *os.File // nil once ended
+	h     *blake3.Hasher
+	n     int64
+	flush int64 // bytes below which writeback has been started
 }
+
+// writebackChunk is how much is written between writeback starts.
+const writebackChunk = 32 << 20
 
 // Ref returns the BlobRef the partial file is expected to hash to.
 func (p *Partial) Ref() Ref { return p.ref }
@@ -33,6 +37,10 @@ func (p *Partial) Write(b []byte) (int, error) {
 	n, err := p.f.Write(b)
 	p.h.Write(b[:n])
 	p.n += int64(n)
+	if p.n-p.flush >= writebackChunk {
+		startWriteback(p.f, p.flush, p.n-p.flush)
+		p.flush = p.n
+	}
 	return n, err
 }
 

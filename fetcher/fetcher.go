@@ -47,6 +47,7 @@ type config struct {
 	clock       Clock
 	rand        func(n int64) int64 // uniform in [0, n)
 	log         *slog.Logger
+	observe     func(ref datastore.Ref, took time.Duration, err error)
 }
 
 // Option configures a Fetcher.
@@ -64,6 +65,12 @@ func WithRand(r func(n int64) int64) Option { return func(c *config) { c.rand = 
 
 // WithLogger sets the logger (default slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
+
+// WithObserver has fn told of every attempt: its blob, how long it took and
+// its error (nil on success). For metrics; fn must be quick.
+func WithObserver(fn func(ref datastore.Ref, took time.Duration, err error)) Option {
+	return func(c *config) { c.observe = fn }
+}
 
 // Fetcher fetches the blobs it is given in the background, retrying failures
 // with backoff, until each is held or stopped.
@@ -249,7 +256,11 @@ func (f *Fetcher) run() {
 // attempt makes one attempt, persists the attempt count, and requeues the
 // blob with backoff if it failed and is still wanted.
 func (f *Fetcher) attempt(s *state) {
+	start := f.cfg.clock.Now()
 	err := f.fetch(f.ctx, s.ref)
+	if f.cfg.observe != nil && !errors.Is(err, ErrUnwanted) {
+		f.cfg.observe(s.ref, f.cfg.clock.Now().Sub(start), err)
+	}
 	if errors.Is(err, ErrUnwanted) {
 		f.mu.Lock()
 		defer f.mu.Unlock()

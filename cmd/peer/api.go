@@ -74,6 +74,7 @@ type statusResponse struct {
 	Transfers blobsync.Stats       `json:"transfers"`
 	Fetch     fetchQueueView       `json:"fetch_queue"`
 	DHT       dhtView              `json:"dht"`
+	Metrics   string               `json:"metrics,omitempty"` // HOST:PORT of /metrics
 }
 
 type dhtView struct {
@@ -128,6 +129,7 @@ type api struct {
 	dht     *p2p.DHT
 	log     *slog.Logger
 	started time.Time
+	metrics string // where Prometheus metrics are served, if they are
 }
 
 func (a *api) routes() http.Handler {
@@ -330,6 +332,7 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 	}
 	ds := a.node.DiscoveryStats()
 	st.DHT = dhtView{Server: a.dht.Server(), RoutingTable: a.dht.RoutingTableSize(), Provided: ds.Provided, Failed: ds.Failed}
+	st.Metrics = a.metrics
 	for _, p := range h.Network().Peers() {
 		ps := peerStatus{ID: p.String()}
 		for _, c := range h.Network().ConnsToPeer(p) {

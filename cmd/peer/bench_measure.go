@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync/atomic"
@@ -93,6 +95,9 @@ func (b *bencher) throughput(listen string, sizes benchSizes) (fetchMBps, rawMBp
 			}
 		}
 		dst.Close()
+		// Like a blob store that drops what it no longer needs: a run's
+		// leftover 1 GiB files slow the next round's writes several-fold.
+		os.RemoveAll(filepath.Join(b.dir, fmt.Sprintf("node%d", b.n)))
 		if err != nil {
 			return 0, 0, err
 		}

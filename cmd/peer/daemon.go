@@ -19,6 +19,8 @@ import (
 	leveldb "github.com/ipfs/go-ds-leveldb"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 func cmdDaemon(ctx context.Context, args []string, e env) error {
@@ -27,6 +29,7 @@ func cmdDaemon(ctx context.Context, args []string, e env) error {
 	c.fs.Var(&listen, "listen", "multiaddr to listen on (repeatable; default: config.json)")
 	c.fs.Var(&bootstrap, "bootstrap", "DHT bootstrap peer, a multiaddr ending in /p2p/<id> (repeatable; added to config.json's)")
 	dhtServer := c.fs.Bool("dht-server", false, "answer DHT queries for others even when serving no syncgroup")
+	metricsAddr := c.fs.String("metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics")
 	logLevel := c.fs.String("log-level", "info", "debug, info, warn or error")
 	maxStorage := c.fs.String("max-storage", "", "storage budget, e.g. 10GiB (default: config.json's, else none)")
 	if _, err := c.parse(args, 0, 0); err != nil {
@@ -50,7 +53,7 @@ func cmdDaemon(ctx context.Context, args []string, e env) error {
 			return fmt.Errorf("%w: --bootstrap: %v", errUsage, err)
 		}
 	}
-	return runDaemon(ctx, layout(c.dataDir), nodeOptions{listen: listen, bootstrap: bootstrap, dhtServer: *dhtServer, budget: budget}, log)
+	return runDaemon(ctx, layout(c.dataDir), nodeOptions{listen: listen, bootstrap: bootstrap, dhtServer: *dhtServer, budget: budget, metrics: *metricsAddr}, log)
 }
 
 // nodeOptions are the daemon's flags that override or add to config.json.
@@ -59,6 +62,7 @@ type nodeOptions struct {
 	bootstrap []string // added to config.json's
 	dhtServer bool     // or config.json's
 	budget    int64    // replaces config.json's unless negative
+	metrics   string   // HOST:PORT to serve Prometheus metrics on; "" for none
 }
 
 // runDaemon runs a node on the data directory until ctx is cancelled, then
@@ -77,6 +81,15 @@ func runDaemon(ctx context.Context, l layout, opts nodeOptions, log *slog.Logger
 	}
 	defer os.Remove(l.socket())
 	a := &api{node: rt.node, dht: rt.dht, log: log, started: time.Now()}
+	if opts.metrics != "" {
+		addr, stop, err := serveMetrics(opts.metrics, rt.node, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		a.metrics = addr
+		log.Info("metrics", "url", "http://"+addr+"/metrics")
+	}
 	srv := &http.Server{
 		Handler:           a.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -159,8 +172,8 @@ func openNode(l layout, opts nodeOptions, log *slog.Logger) (*runningNode, error
 		p2p.WithProtocolLimit(protocol.ID, p2p.ProtocolLimit{
 			InboundStreamsPerPeer: perPeer,
 			InboundStreams:        16 * perPeer,
-			MemoryPerPeer:         int64(perPeer) * protocol.DefaultBufferSize,
-			Memory:                16 * int64(perPeer) * protocol.DefaultBufferSize,
+			MemoryPerPeer:         64 << 20, // yamux grows a fast stream's window to 16 MiB
+			Memory:                512 << 20,
 		}),
 		p2p.WithServiceLimit(protocol.SgServiceName, p2p.ProtocolLimit{
 			InboundStreamsPerPeer: perPeer,
@@ -235,4 +248,24 @@ func listenSocket(path string) (net.Listener, error) {
 		return nil, err
 	}
 	return ln, nil
+}
+
+// serveMetrics serves the node's metrics, with go-libp2p's and the Go
+// runtime's, at http://addr/metrics. It returns the address it listens on
+// (addr may give port 0) and a function that stops it.
+func serveMetrics(addr string, node *blobsync.Node, log *slog.Logger) (string, func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("--metrics: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(node.Collector()); err != nil {
+		ln.Close()
+		return "", nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{reg, prometheus.DefaultGatherer}, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	go srv.Serve(ln)
+	return ln.Addr().String(), func() { srv.Close() }, nil
 }

@@ -20,6 +20,7 @@ Usage: peer COMMAND [ARGS] [--data DIR] [--json]
 Commands:
   init                         create identity and datastore; print the peer ID
   daemon [--listen MA]... [--bootstrap MA]... [--dht-server] [--max-storage SIZE]
+         [--metrics HOST:PORT] [--log-level L]
                                run the node until SIGINT or SIGTERM; with a storage
                                budget, copies it does not own are dropped to meet it
   id                           peer ID and listen addresses

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -141,5 +142,28 @@ func TestInitKeepsADaemonsPutInProgress(t *testing.T) {
 	}
 	if _, err := os.Stat(inProgress); err != nil {
 		t.Fatalf("init removed a put in progress: %v", err)
+	}
+}
+
+// TestBenchJSONKeys: the keys of peer bench --json are a contract.
+func TestBenchJSONKeys(t *testing.T) {
+	b, err := json.Marshal(benchResult{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	json.Unmarshal(b, &m)
+	for _, k := range []string{"fetch_mbps", "raw_stream_mbps", "fetch_ratio", "quic_fetch_ratio", "replication_p50_ms",
+		"replication_p99_ms", "small_blobs_per_s", "fetcher_1m_pending_mib", "fetcher_sched_per_s"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("peer bench --json lacks %q", k)
+		}
+	}
+	var out bytes.Buffer
+	printBench(&out, benchResult{FetchRatio: 0.9, ReplicationP50ms: 80})
+	for _, want := range []string{"fetch_ratio", "≥ 0.85", "yes", "replication_p50_ms", "< 50", "NO"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the table lacks %q:\n%s", want, out.String())
+		}
 	}
 }
