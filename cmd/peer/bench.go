@@ -155,10 +155,13 @@ func printBench(w io.Writer, r benchResult) error {
 	row("small_blobs_per_s", r.SmallBlobsPerS, "≥ 2000", is(r.SmallBlobsPerS >= 2000))
 	row("fetcher_1m_pending_mib", r.Fetcher1MPendingMiB, "< 512", is(r.Fetcher1MPendingMiB < 512))
 	row("fetcher_sched_per_s", r.FetcherSchedPerS, "≥ 100000", is(r.FetcherSchedPerS >= 100_000))
-	if r.Quick {
-		fmt.Fprintln(tw, "(--quick: small sizes; figures are indicative)\t\t\t\t")
+	if err := tw.Flush(); err != nil {
+		return err
 	}
-	return tw.Flush()
+	if r.Quick {
+		fmt.Fprintln(w, "(--quick: small sizes; figures are indicative)")
+	}
+	return nil
 }
 
 // bencher runs measurements on in-process nodes in dir.
