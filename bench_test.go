@@ -3,50 +3,23 @@ package blobsync
 import (
 	"bytes"
 	"crypto/rand"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
-
-	"github.com/blobsync/blobsync/p2p"
-	leveldb "github.com/ipfs/go-ds-leveldb"
-	"github.com/libp2p/go-libp2p/core/crypto"
-	ma "github.com/multiformats/go-multiaddr"
 )
-
-// benchNode is newNode for benchmarks.
-func benchNode(b *testing.B) *Node {
-	b.Helper()
-	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	h, err := p2p.New(key, p2p.ListenAddrs(ma.StringCast("/ip4/127.0.0.1/tcp/0")))
-	if err != nil {
-		b.Fatal(err)
-	}
-	dir := b.TempDir()
-	d, err := leveldb.NewDatastore(filepath.Join(dir, "datastore"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	n, err := New(h, d, filepath.Join(dir, "blobs"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { n.Close(); h.Close(); d.Close() })
-	return n
-}
 
 // BenchmarkReplication measures, per 1 MiB blob put on a device, the time
 // from the start of the put until each of 3 servers of the syncgroup holds the
 // verified blob, nobody asking them. Run with -benchtime 50x (or more) for
 // p99: it reports replication_p50_ms, replication_p99_ms and put_p50_ms.
 func BenchmarkReplication(b *testing.B) {
-	device := benchNode(b)
+	device := newNode(b)
 	if _, err := device.CreateSyncgroup(b.Context(), testSG, ACL{Open: true}, RoleNormal); err != nil {
 		b.Fatal(err)
 	}
 	var servers []*Node
 	for range 3 {
-		s := benchNode(b)
+		s := newNode(b)
 		if _, err := s.JoinSyncgroup(b.Context(), testSG, addrInfo(device), RoleServer); err != nil {
 			b.Fatal(err)
 		}

@@ -18,8 +18,9 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-// newNode starts a Node on a real loopback host with leveldb in a temp dir.
-func newNode(t *testing.T) *Node {
+// newNode starts a Node on a real loopback host with leveldb in a temp dir,
+// closed when the test ends.
+func newNode(t testing.TB, opts ...Option) *Node {
 	t.Helper()
 	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {
@@ -34,7 +35,7 @@ func newNode(t *testing.T) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := New(h, d, filepath.Join(dir, "blobs"))
+	n, err := New(h, d, filepath.Join(dir, "blobs"), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

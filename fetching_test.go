@@ -4,22 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/blobsync/blobsync/datastore"
-	"github.com/blobsync/blobsync/p2p"
 	"github.com/blobsync/blobsync/protocol"
 	"github.com/blobsync/blobsync/protocol/pb"
-	leveldb "github.com/ipfs/go-ds-leveldb"
-	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/test"
-	ma "github.com/multiformats/go-multiaddr"
 	"google.golang.org/protobuf/encoding/protodelim"
 )
 
@@ -90,19 +85,7 @@ func TestConcurrentFetchesShareOneTransfer(t *testing.T) {
 // transfer others keep going is not called again (review finding: the
 // daemon's fetch handler then wrote to a finished HTTP response and crashed).
 func TestCallerThatLeavesGetsNoMoreProgress(t *testing.T) {
-	key, _, _ := crypto.GenerateEd25519Key(nil)
-	h, err := p2p.New(key, p2p.ListenAddrs(ma.StringCast("/ip4/127.0.0.1/tcp/0")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	d, _ := leveldb.NewDatastore(filepath.Join(dir, "ds"), nil)
-	slow, err := New(h, d, filepath.Join(dir, "blobs"), WithProtocolOptions(protocol.UploadRate(4<<20)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { slow.Close(); h.Close(); d.Close() })
-	b := newNode(t)
+	slow, b := newNode(t, WithProtocolOptions(protocol.UploadRate(4<<20))), newNode(t)
 	data := random(t, 2<<20) // half a second at 4 MiB/s
 	ref, _, _ := slow.Put(t.Context(), bytes.NewReader(data), PutOptions{Public: true})
 	from := []peer.AddrInfo{addrInfo(slow)}
@@ -112,7 +95,7 @@ func TestCallerThatLeavesGetsNoMoreProgress(t *testing.T) {
 	var returned atomic.Bool
 	var after, calls atomic.Int64
 	ctx, cancel := context.WithCancel(t.Context())
-	_, err = b.Fetch(ctx, ref, FetchOptions{From: from, Progress: func(done, total int64) {
+	_, err := b.Fetch(ctx, ref, FetchOptions{From: from, Progress: func(done, total int64) {
 		if calls.Add(1) == 1 {
 			cancel() // give up once the transfer is under way
 		}

@@ -46,6 +46,15 @@ func (n *Node) distance(sg string) uint32 {
 	return 2
 }
 
+// distanceIn is a caller's stated distance to a server of sg: 2 (neither a
+// server nor connected to one) if it stated none.
+func distanceIn(distance map[string]uint32, sg string) uint32 {
+	if d, ok := distance[sg]; ok {
+		return d
+	}
+	return 2
+}
+
 // distances returns this peer's distance to a server in each of sgs.
 func (n *Node) distances(sgs []string) map[string]uint32 {
 	out := make(map[string]uint32, len(sgs))
@@ -87,11 +96,7 @@ func (p policy) Offer(ctx context.Context, caller peer.ID, ref datastore.Ref, di
 		if !member {
 			continue
 		}
-		d, ok := distance[sg]
-		if !ok {
-			d = 2
-		}
-		if give := p.n.offerFor(sg, have, role, d); give > 0 {
+		if give := p.n.offerFor(sg, have, role, distanceIn(distance, sg)); give > 0 {
 			if out == nil {
 				out = map[string]int32{}
 			}
@@ -113,11 +118,7 @@ func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref,
 			if !member {
 				continue
 			}
-			d, ok := distance[sg]
-			if !ok {
-				d = 2
-			}
-			if give := min(want, p.n.offerFor(sg, m.Shares[sg], role, d)); give > 0 {
+			if give := min(want, p.n.offerFor(sg, m.Shares[sg], role, distanceIn(distance, sg))); give > 0 {
 				m.Shares[sg] -= give
 				granted[sg] = give
 			}

@@ -4,17 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 
 	"github.com/blobsync/blobsync/datastore"
-	"github.com/blobsync/blobsync/p2p"
 	"github.com/blobsync/blobsync/protocol"
-	leveldb "github.com/ipfs/go-ds-leveldb"
-	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
-	ma "github.com/multiformats/go-multiaddr"
 )
 
 func shares(t *testing.T, n *Node, ref Ref) int32 {
@@ -232,19 +227,7 @@ func TestPutOutsideSyncgroupsIsPinned(t *testing.T) {
 }
 
 func TestStorageBudgetDropsUnownedCopiesOldestFirst(t *testing.T) {
-	key, _, _ := crypto.GenerateEd25519Key(nil)
-	h, err := p2p.New(key, p2p.ListenAddrs(ma.StringCast("/ip4/127.0.0.1/tcp/0")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	d, _ := leveldb.NewDatastore(filepath.Join(dir, "ds"), nil)
-	device, err := New(h, d, filepath.Join(dir, "blobs"), WithStorageBudget(250_000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { device.Close(); h.Close(); d.Close() })
-	server := newNode(t)
+	device, server := newNode(t, WithStorageBudget(250_000)), newNode(t)
 	group(t, device, RoleNormal, map[*Node]Role{server: RoleServer})
 
 	var refs []Ref

@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -81,7 +82,7 @@ type Group struct {
 
 // Member returns p's entry, if p is a member.
 func (g *Group) Member(p peer.ID) (Member, bool) {
-	i, found := slices.BinarySearchFunc(g.Members, p, func(m Member, p peer.ID) int { return compareIDs(m.Peer, p) })
+	i, found := slices.BinarySearchFunc(g.Members, p, func(m Member, p peer.ID) int { return cmp.Compare(m.Peer, p) })
 	if !found {
 		return Member{}, false
 	}
@@ -90,7 +91,7 @@ func (g *Group) Member(p peer.ID) (Member, bool) {
 
 // SetMember adds m or replaces p's entry, keeping Members sorted.
 func (g *Group) SetMember(m Member) {
-	i, found := slices.BinarySearchFunc(g.Members, m.Peer, func(x Member, p peer.ID) int { return compareIDs(x.Peer, p) })
+	i, found := slices.BinarySearchFunc(g.Members, m.Peer, func(x Member, p peer.ID) int { return cmp.Compare(x.Peer, p) })
 	if found {
 		g.Members[i] = m
 		return
@@ -103,16 +104,6 @@ func (g Group) Clone() Group {
 	g.Spec.ACL.Allow = slices.Clone(g.Spec.ACL.Allow)
 	g.Members = slices.Clone(g.Members)
 	return g
-}
-
-func compareIDs(a, b peer.ID) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // BlobAnnouncement says a BlobRef is in a syncgroup and who probably holds it.

@@ -12,7 +12,6 @@ import (
 
 	"github.com/blobsync/blobsync/datastore/internal/dspb"
 	ds "github.com/ipfs/go-datastore"
-	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 )
@@ -164,24 +163,13 @@ func (m *MetaStore) ForEachSignpost(ctx context.Context, fn func(Ref, Signpost) 
 }
 
 func (m *MetaStore) forEach(ctx context.Context, prefix string, fn func(Ref, []byte) error) error {
-	res, err := m.ds.Query(ctx, query.Query{Prefix: prefix})
-	if err != nil {
-		return err
-	}
-	defer res.Close()
-	for e := range res.Next() {
-		if e.Error != nil {
-			return e.Error
-		}
-		ref, err := ParseRef(strings.TrimPrefix(e.Key, prefix))
+	return m.scan(ctx, prefix, func(key string, value []byte) error {
+		ref, err := ParseRef(strings.TrimPrefix(key, prefix))
 		if err != nil {
-			return fmt.Errorf("datastore key %q: %w", e.Key, err)
+			return fmt.Errorf("datastore key %q: %w", key, err)
 		}
-		if err := fn(ref, e.Value); err != nil {
-			return err
-		}
-	}
-	return nil
+		return fn(ref, value)
+	})
 }
 
 // BlobMeta returns ref's metadata; found is false if there is none.

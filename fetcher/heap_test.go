@@ -1,6 +1,7 @@
 package fetcher
 
 import (
+	"cmp"
 	"container/heap"
 	"math/rand/v2"
 	"slices"
@@ -14,7 +15,7 @@ func TestHeapInvariants(t *testing.T) {
 	var h stateHeap
 	var list []*state // sorted by next
 	insert := func(s *state) {
-		i, _ := slices.BinarySearchFunc(list, s.next, func(x *state, n int64) int { return compareNext(x.next, n) })
+		i, _ := slices.BinarySearchFunc(list, s.next, func(x *state, n int64) int { return cmp.Compare(x.next, n) })
 		list = slices.Insert(list, i, s)
 	}
 	removeFromList := func(s *state) { list = slices.DeleteFunc(list, func(x *state) bool { return x == s }) }
@@ -70,14 +71,4 @@ func TestHeapInvariants(t *testing.T) {
 			}
 		}
 	}
-}
-
-func compareNext(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

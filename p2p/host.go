@@ -26,6 +26,21 @@ type ProtocolLimit struct {
 	Memory                int64 // bytes the protocol may reserve in all
 }
 
+// all and perPeer are l as resource-manager limits: outbound streams are
+// allowed four times the inbound ones.
+func (l ProtocolLimit) all() rcmgr.BaseLimit {
+	return rcmgr.BaseLimit{StreamsInbound: l.InboundStreams, StreamsOutbound: 4 * l.InboundStreams, Streams: 5 * l.InboundStreams, Memory: l.Memory}
+}
+
+func (l ProtocolLimit) perPeer() rcmgr.BaseLimit {
+	return rcmgr.BaseLimit{StreamsInbound: l.InboundStreamsPerPeer, StreamsOutbound: 4 * l.InboundStreamsPerPeer, Streams: 5 * l.InboundStreamsPerPeer, Memory: l.MemoryPerPeer}
+}
+
+// valid reports whether l's numbers are consistent.
+func (l ProtocolLimit) valid() bool {
+	return l.InboundStreamsPerPeer > 0 && l.InboundStreams >= l.InboundStreamsPerPeer && l.MemoryPerPeer > 0 && l.Memory >= l.MemoryPerPeer
+}
+
 type config struct {
 	listen    []ma.Multiaddr
 	limits    map[protocol.ID]ProtocolLimit
@@ -56,7 +71,7 @@ func ListenAddrs(addrs ...ma.Multiaddr) Option {
 // WithProtocolLimit sets the resource-manager limits of protocol id.
 func WithProtocolLimit(id protocol.ID, l ProtocolLimit) Option {
 	return func(c *config) error {
-		if l.InboundStreamsPerPeer <= 0 || l.InboundStreams < l.InboundStreamsPerPeer || l.MemoryPerPeer <= 0 || l.Memory < l.MemoryPerPeer {
+		if !l.valid() {
 			return fmt.Errorf("p2p: limits for %s are inconsistent: %+v", id, l)
 		}
 		c.limits[id] = l
@@ -68,7 +83,7 @@ func WithProtocolLimit(id protocol.ID, l ProtocolLimit) Option {
 // attached to it with Scope().SetService(name), over any protocols.
 func WithServiceLimit(name string, l ProtocolLimit) Option {
 	return func(c *config) error {
-		if l.InboundStreamsPerPeer <= 0 || l.InboundStreams < l.InboundStreamsPerPeer || l.MemoryPerPeer <= 0 || l.Memory < l.MemoryPerPeer {
+		if !l.valid() {
 			return fmt.Errorf("p2p: limits for service %s are inconsistent: %+v", name, l)
 		}
 		c.services[name] = l
@@ -112,22 +127,14 @@ func New(key crypto.PrivKey, opts ...Option) (host.Host, error) {
 	limits.ProtocolLimits = maps.Clone(limits.ProtocolLimits)
 	limits.ProtocolPeerLimits = maps.Clone(limits.ProtocolPeerLimits)
 	for id, l := range c.limits {
-		limits.AddProtocolLimit(id,
-			rcmgr.BaseLimit{StreamsInbound: l.InboundStreams, StreamsOutbound: 4 * l.InboundStreams, Streams: 5 * l.InboundStreams, Memory: l.Memory},
-			rcmgr.BaseLimitIncrease{})
-		limits.AddProtocolPeerLimit(id,
-			rcmgr.BaseLimit{StreamsInbound: l.InboundStreamsPerPeer, StreamsOutbound: 4 * l.InboundStreamsPerPeer, Streams: 5 * l.InboundStreamsPerPeer, Memory: l.MemoryPerPeer},
-			rcmgr.BaseLimitIncrease{})
+		limits.AddProtocolLimit(id, l.all(), rcmgr.BaseLimitIncrease{})
+		limits.AddProtocolPeerLimit(id, l.perPeer(), rcmgr.BaseLimitIncrease{})
 	}
 	limits.ServiceLimits = maps.Clone(limits.ServiceLimits)
 	limits.ServicePeerLimits = maps.Clone(limits.ServicePeerLimits)
 	for name, l := range c.services {
-		limits.AddServiceLimit(name,
-			rcmgr.BaseLimit{StreamsInbound: l.InboundStreams, StreamsOutbound: 4 * l.InboundStreams, Streams: 5 * l.InboundStreams, Memory: l.Memory},
-			rcmgr.BaseLimitIncrease{})
-		limits.AddServicePeerLimit(name,
-			rcmgr.BaseLimit{StreamsInbound: l.InboundStreamsPerPeer, StreamsOutbound: 4 * l.InboundStreamsPerPeer, Streams: 5 * l.InboundStreamsPerPeer, Memory: l.MemoryPerPeer},
-			rcmgr.BaseLimitIncrease{})
+		limits.AddServiceLimit(name, l.all(), rcmgr.BaseLimitIncrease{})
+		limits.AddServicePeerLimit(name, l.perPeer(), rcmgr.BaseLimitIncrease{})
 	}
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
 	if err != nil {

@@ -68,11 +68,8 @@ type Server struct {
 	rate   *rate.Limiter // nil: unlimited
 	served servedLog     // completed transfers, for AcceptedBlobOwnership
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	mu     sync.Mutex
-	closed bool
-	wg     sync.WaitGroup
+	handlers *handlerGroup
+	ctx      context.Context // the handlers': ends at Close
 
 	bytesSent   atomic.Int64
 	blobsServed atomic.Int64
@@ -89,7 +86,8 @@ func NewServer(h host.Host, blobs Blobs, policy Policy, opts ...Option) (*Server
 	if cfg.uploadRate > 0 {
 		s.rate = rate.NewLimiter(rate.Limit(cfg.uploadRate), cfg.bufferSize)
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.handlers = newHandlerGroup()
+	s.ctx = s.handlers.ctx
 	h.SetStreamHandler(ID, s.handle)
 	return s, nil
 }
@@ -98,11 +96,7 @@ func NewServer(h host.Host, blobs Blobs, policy Policy, opts ...Option) (*Server
 // their handlers to return.
 func (s *Server) Close() error {
 	s.h.RemoveStreamHandler(ID)
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
-	s.cancel()
-	s.wg.Wait()
+	s.handlers.close()
 	return nil
 }
 
@@ -112,24 +106,9 @@ func (s *Server) Stats() ServerStats {
 }
 
 func (s *Server) handle(st network.Stream) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		st.Reset()
-		return
-	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-	stop := context.AfterFunc(s.ctx, func() { st.Reset() })
-	defer stop()
-
-	if err := s.handleStream(st); err != nil {
+	s.handlers.run(st, s.handleStream, func(err error) {
 		s.cfg.log.Debug("blob stream failed", "peer", st.Conn().RemotePeer(), "err", err)
-		st.Reset()
-		return
-	}
-	st.Close()
+	})
 }
 
 func (s *Server) handleStream(st network.Stream) error {

@@ -42,18 +42,19 @@ var sgStatuses = []struct {
 }
 
 // SgServer answers the syncgroup protocol on a host for the syncgroups it is
-// told to serve, one stream handler per syncgroup ID, with a Syncgroups.
+// told to serve, with a Syncgroups. One handler, registered under the
+// syncgroup prefix, matches the IDs served.
 type SgServer struct {
 	h      host.Host
 	groups Syncgroups
 	cfg    config
 
-	ctx    context.Context
-	cancel context.CancelFunc
+	handlers *handlerGroup
+	ctx      context.Context // the handlers': ends at Close
+
 	mu     sync.Mutex
 	closed bool
 	served map[string]bool
-	wg     sync.WaitGroup
 }
 
 // NewSgServer returns an SgServer for h answering with groups. It serves no
@@ -66,8 +67,8 @@ func NewSgServer(h host.Host, groups Syncgroups, opts ...Option) (*SgServer, err
 	if h == nil || groups == nil {
 		return nil, errors.New("protocol: NewSgServer needs a host and a Syncgroups")
 	}
-	s := &SgServer{h: h, groups: groups, cfg: cfg, served: map[string]bool{}}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s := &SgServer{h: h, groups: groups, cfg: cfg, served: map[string]bool{}, handlers: newHandlerGroup()}
+	s.ctx = s.handlers.ctx
 	// One handler for every syncgroup, matching the IDs served: identify then
 	// advertises only the prefix, not which syncgroups this peer belongs to
 	// (and a long list of IDs cannot crowd addresses out of identify's message).
@@ -112,8 +113,7 @@ func (s *SgServer) Close() error {
 	// Not under mu: the mux holds its handler lock while it calls the match
 	// function, which takes mu (a lock-order inversion otherwise).
 	s.h.RemoveStreamHandler(sgPrefixID)
-	s.cancel()
-	s.wg.Wait()
+	s.handlers.close()
 	return nil
 }
 
@@ -124,24 +124,9 @@ func (s *SgServer) serving(id string) bool {
 }
 
 func (s *SgServer) handle(st network.Stream) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		st.Reset()
-		return
-	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-	stop := context.AfterFunc(s.ctx, func() { st.Reset() })
-	defer stop()
-
-	if err := s.handleStream(st); err != nil {
+	s.handlers.run(st, s.handleStream, func(err error) {
 		s.cfg.log.Debug("syncgroup stream failed", "sg", st.Protocol(), "peer", st.Conn().RemotePeer(), "err", err)
-		st.Reset()
-		return
-	}
-	st.Close()
+	})
 }
 
 func (s *SgServer) handleStream(st network.Stream) error {

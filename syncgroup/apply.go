@@ -1,6 +1,7 @@
 package syncgroup
 
 import (
+	"cmp"
 	"context"
 	"slices"
 
@@ -22,7 +23,7 @@ func (m *Manager) apply(ctx context.Context, id string, g *group, sender peer.ID
 	}
 	origins := make([]peer.ID, 0, len(byOrigin))
 	for o, es := range byOrigin {
-		slices.SortFunc(es, func(a, b datastore.LogEntry) int { return compareSeq(a.Seq, b.Seq) })
+		slices.SortFunc(es, func(a, b datastore.LogEntry) int { return cmp.Compare(a.Seq, b.Seq) })
 		origins = append(origins, o)
 	}
 	slices.Sort(origins)
@@ -132,14 +133,4 @@ func fold(rec *datastore.Group, mb datastore.Member) (moved bool) {
 	}
 	rec.SetMember(mb)
 	return len(mb.Addrs) > 0 && !slices.EqualFunc(cur.Addrs, mb.Addrs, ma.Multiaddr.Equal)
-}
-
-func compareSeq(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

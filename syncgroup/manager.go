@@ -4,6 +4,7 @@
 package syncgroup
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -191,7 +192,7 @@ func (m *Manager) Groups() []datastore.Group {
 		out = append(out, g.rec.Clone())
 		g.mu.Unlock()
 	}
-	slices.SortFunc(out, func(a, b datastore.Group) int { return compareStrings(a.Spec.ID, b.Spec.ID) })
+	slices.SortFunc(out, func(a, b datastore.Group) int { return cmp.Compare(a.Spec.ID, b.Spec.ID) })
 	return out
 }
 
@@ -332,14 +333,4 @@ func cloneMap[K comparable, V any](in map[K]V) map[K]V {
 		out[k] = v
 	}
 	return out
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
