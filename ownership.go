@@ -3,6 +3,7 @@ package blobsync
 import (
 	"context"
 	"maps"
+	"slices"
 
 	"github.com/blobsync/blobsync/datastore"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -111,6 +112,13 @@ func (p policy) Offer(ctx context.Context, caller peer.ID, ref datastore.Ref, di
 // records caller as a holder. The Server calls it only for a caller that
 // completed a transfer of ref, once per transfer.
 func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32, distance map[string]uint32) (map[string]int32, bool, error) {
+	sp, _, err := p.n.meta.Signpost(ctx, ref)
+	if err != nil {
+		return nil, false, err
+	}
+	// Only a member of one of the blob's syncgroups counts as a holder: gc
+	// relies on holders, and anyone may fetch a public blob.
+	member := slices.ContainsFunc(sp.SgIDs, func(sg string) bool { return p.n.groups.IsMember(sg, caller) })
 	granted := map[string]int32{}
 	meta, err := p.n.meta.UpdateBlobMeta(ctx, ref, func(m *datastore.BlobMeta) bool {
 		for sg, want := range taken {
@@ -123,7 +131,7 @@ func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref,
 				granted[sg] = give
 			}
 		}
-		return m.AddHolder(caller) || len(granted) > 0
+		return (member && m.AddHolder(caller)) || len(granted) > 0
 	})
 	if err != nil {
 		return nil, false, err

@@ -292,3 +292,22 @@ func TestGCAsksHoldersFirst(t *testing.T) {
 		t.Fatal("gc dropped a copy whose only acknowledged holder no longer has it")
 	}
 }
+
+// TestOnlyMembersCountAsHolders (review finding): anyone may fetch a public
+// blob, but only a member of one of its syncgroups counts as a holder for gc.
+func TestOnlyMembersCountAsHolders(t *testing.T) {
+	device, stranger := newNode(t), newNode(t)
+	device.CreateSyncgroup(t.Context(), testSG, ACL{Open: true}, RoleNormal)
+	data := random(t, 5000)
+	ref, _, err := device.Put(t.Context(), bytes.NewReader(data), PutOptions{Public: true, Syncgroups: []string{testSG}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stranger.Fetch(t.Context(), ref, FetchOptions{From: []peer.AddrInfo{addrInfo(device)}}); err != nil {
+		t.Fatal(err)
+	}
+	meta, _, _ := device.meta.BlobMeta(t.Context(), ref)
+	if len(meta.Holders) != 0 {
+		t.Fatalf("a non-member was recorded as a holder: %v", meta.Holders)
+	}
+}

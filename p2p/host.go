@@ -123,6 +123,12 @@ func New(key crypto.PrivKey, opts ...Option) (host.Host, error) {
 	}
 
 	limits := rcmgr.DefaultLimits
+	// Every new stream waits in the shared transient scope while its protocol
+	// is negotiated (up to 10 s). go-libp2p lets one peer hold more inbound
+	// streams than that scope has room for, so one peer's streams that never
+	// negotiate could refuse everyone else's: a peer gets a quarter of it.
+	limits.PeerBaseLimit.StreamsInbound = limits.TransientBaseLimit.StreamsInbound / 4
+	limits.PeerLimitIncrease.StreamsInbound = limits.TransientLimitIncrease.StreamsInbound / 4
 	// The copy shares DefaultLimits' maps; give it its own before adding to them.
 	limits.ProtocolLimits = maps.Clone(limits.ProtocolLimits)
 	limits.ProtocolPeerLimits = maps.Clone(limits.ProtocolPeerLimits)

@@ -66,6 +66,9 @@ func (c *Client) call(ctx context.Context, p peer.ID, req *pb.Request) (network.
 	defer cancel()
 	st, err := c.h.NewStream(ctx, p, ID)
 	if err != nil {
+		if refusedBusy(err) {
+			return nil, nil, fmt.Errorf("peer %s: %w: %v", p, ErrBusy, err)
+		}
 		return nil, nil, fmt.Errorf("peer %s: %w", p, err)
 	}
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
@@ -75,6 +78,9 @@ func (c *Client) call(ctx context.Context, p peer.ID, req *pb.Request) (network.
 	}
 	if err != nil {
 		st.Reset()
+		if refusedBusy(err) {
+			return nil, nil, fmt.Errorf("peer %s: %w: %v", p, ErrBusy, err)
+		}
 		return nil, nil, fmt.Errorf("peer %s: %w", p, err)
 	}
 	return st, resp, nil

@@ -8,6 +8,7 @@ import (
 
 	"github.com/blobsync/blobsync/datastore"
 	"github.com/blobsync/blobsync/protocol/pb"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -107,4 +108,13 @@ func errorMessage(err error) string {
 		s = s[:max]
 	}
 	return s
+}
+
+// refusedBusy reports whether err is the peer resetting a stream because its
+// resource limits (or rate limits) were reached: a busy peer, not a
+// misbehaving one.
+func refusedBusy(err error) bool {
+	var se *network.StreamError
+	return errors.As(err, &se) && se.Remote &&
+		(se.ErrorCode == network.StreamResourceLimitExceeded || se.ErrorCode == network.StreamRateLimited)
 }

@@ -186,6 +186,9 @@ func streamError(p peer.ID, id string, err error) error {
 		errors.As(err, &se) && se.Remote && se.ErrorCode == network.StreamProtocolNegotiationFailed {
 		return fmt.Errorf("peer %s: %w: %s", p, ErrUnknownSyncgroup, id)
 	}
+	if refusedBusy(err) {
+		return fmt.Errorf("peer %s: syncgroup %s: %w: %v", p, id, ErrBusy, err)
+	}
 	return fmt.Errorf("peer %s: syncgroup %s: %w", p, id, err)
 }
 

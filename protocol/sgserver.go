@@ -69,10 +69,12 @@ func NewSgServer(h host.Host, groups Syncgroups, opts ...Option) (*SgServer, err
 	}
 	s := &SgServer{h: h, groups: groups, cfg: cfg, served: map[string]bool{}, handlers: newHandlerGroup()}
 	s.ctx = s.handlers.ctx
-	// One handler for every syncgroup, matching the IDs served: identify then
-	// advertises only the prefix, not which syncgroups this peer belongs to
-	// (and a long list of IDs cannot crowd addresses out of identify's message).
-	h.SetStreamHandlerMatch(sgPrefixID, func(id protocol.ID) bool { return s.serving(string(id)) }, s.handle)
+	// One handler for every well-formed syncgroup ID: identify advertises only
+	// the prefix (a long list of IDs cannot crowd addresses out of its
+	// message), and a syncgroup this peer is not in is answered NOT_FOUND, the
+	// same as one it is in but the caller is not: strangers cannot tell which
+	// syncgroups this peer belongs to.
+	h.SetStreamHandlerMatch(sgPrefixID, func(id protocol.ID) bool { return datastore.CheckSyncgroupID(string(id)) == nil }, s.handle)
 	return s, nil
 }
 
@@ -161,12 +163,12 @@ func (s *SgServer) handleStream(st network.Stream) error {
 
 // respond answers one request for syncgroup id from caller.
 func (s *SgServer) respond(ctx context.Context, id string, caller peer.ID, req *pb.SgRequest) *pb.SgResponse {
-	if !s.serving(id) { // stopped after the stream was negotiated
-		return &pb.SgResponse{Status: pb.Status_NOT_FOUND, Message: "not served here"}
-	}
 	call, err := requestFromWire(req, time.Now())
 	if err != nil {
 		return s.fail(id, caller, err)
+	}
+	if !s.serving(id) { // answered as the Syncgroups answers a non-member
+		return s.fail(id, caller, fmt.Errorf("%w: %s", ErrUnknownSyncgroup, id))
 	}
 	var resp *pb.SgResponse
 	switch call.op {
