@@ -42,6 +42,9 @@ var (
 	ErrUnknownSyncgroup = protocol.ErrUnknownSyncgroup
 	// ErrClosed: the Node is closed.
 	ErrClosed = errors.New("blobsync node closed")
+	// ErrLocal: this peer's own storage failed during a fetch (a full disk,
+	// say); no other location is tried, as none would fare better.
+	ErrLocal = protocol.ErrLocal
 )
 
 // Node is one blobsync peer: its blob store, metadata, syncgroups and protocols.
@@ -197,6 +200,7 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 	}
 	n.wg.Go(func() { n.syncLoop(ctx) })
 	n.wg.Go(func() { n.budgetLoop(ctx) })
+	n.wg.Go(func() { n.recoverFetches(ctx) })
 	if cfg.discovery != nil {
 		n.wg.Go(func() { n.provideLoop(ctx) })
 	}

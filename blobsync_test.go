@@ -12,6 +12,7 @@ import (
 	"github.com/blobsync/blobsync/datastore"
 	"github.com/blobsync/blobsync/p2p"
 	"github.com/blobsync/blobsync/protocol"
+	ds "github.com/ipfs/go-datastore"
 	leveldb "github.com/ipfs/go-ds-leveldb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -21,6 +22,14 @@ import (
 // newNode starts a Node on a real loopback host with leveldb in a temp dir,
 // closed when the test ends.
 func newNode(t testing.TB, opts ...Option) *Node {
+	t.Helper()
+	n, _, _ := newNodeParts(t, opts...)
+	return n
+}
+
+// newNodeParts is newNode, also returning the datastore and the blob
+// directory, for a test that starts another Node on them (a restart).
+func newNodeParts(t testing.TB, opts ...Option) (*Node, ds.Batching, string) {
 	t.Helper()
 	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {
@@ -44,7 +53,7 @@ func newNode(t testing.TB, opts ...Option) *Node {
 		h.Close()
 		d.Close()
 	})
-	return n
+	return n, d, filepath.Join(dir, "blobs")
 }
 
 func addrInfo(n *Node) peer.AddrInfo { return peer.AddrInfo{ID: n.h.ID(), Addrs: n.h.Addrs()} }

@@ -185,6 +185,9 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 		if ctx.Err() != nil {
 			return 0, err
 		}
+		if errors.Is(err, ErrLocal) { // no other location would fare better
+			return 0, fmt.Errorf("blob %s: %w", ref, err)
+		}
 		n.cfg.log.Debug("fetch: location failed", "ref", ref, "peer", p, "err", err)
 		errs = append(errs, err)
 		for _, l := range more {
@@ -205,7 +208,7 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress protocol.Progress) (int64, []datastore.Location, error) {
 	sp, _, err := n.meta.Signpost(ctx, ref)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, fmt.Errorf("%w: %w", ErrLocal, err)
 	}
 	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sp.SgIDs), Progress: progress})
 	if errors.Is(err, protocol.ErrNotFound) {
@@ -223,9 +226,19 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress proto
 		return 0, nil, err
 	}
 	granted, keeping, ackErr := n.acknowledge(ctx, p, ref, got.Offered)
-	err = n.meta.UpdateBlobAndSignpost(ctx, ref,
+	if err := n.recordFetched(ctx, ref, got.Size, p, granted, ackErr == nil && !keeping); err != nil {
+		return 0, nil, err
+	}
+	return got.Size, nil, nil
+}
+
+// recordFetched records ref, of size bytes, as held after a fetch from p,
+// with the shares p granted, and drops p from ref's signpost if p frees its
+// copy, in one commit; then it checks the storage budget and provides ref.
+func (n *Node) recordFetched(ctx context.Context, ref Ref, size int64, p peer.ID, granted map[string]int32, pFrees bool) error {
+	err := n.meta.UpdateBlobAndSignpost(ctx, ref,
 		func(m *datastore.BlobMeta) bool {
-			n.held(m, got.Size)
+			n.held(m, size)
 			for sg, k := range granted {
 				if m.Shares == nil {
 					m.Shares = map[string]int32{}
@@ -235,7 +248,7 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress proto
 			return true
 		},
 		func(sp *datastore.Signpost) bool {
-			if ackErr != nil || keeping {
+			if !pFrees {
 				return false
 			}
 			before := len(sp.Locations)
@@ -243,13 +256,13 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress proto
 			return len(sp.Locations) != before
 		})
 	if err != nil {
-		return 0, nil, err
+		return fmt.Errorf("%w: %w", ErrLocal, err)
 	}
 	n.checkBudget()
 	if n.serves(ctx, ref) {
 		n.provide(ref.CID())
 	}
-	return got.Size, nil, nil
+	return nil
 }
 
 // mergeLocations takes from responder's signpost for ref only what this

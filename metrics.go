@@ -46,6 +46,8 @@ func failureReason(err error) string {
 		return "ok"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return "canceled"
+	case errors.Is(err, ErrLocal):
+		return "local"
 	case errors.Is(err, datastore.ErrHashMismatch):
 		return "bad_data"
 	case errors.Is(err, protocol.ErrTooSlow):

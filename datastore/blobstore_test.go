@@ -151,6 +151,32 @@ func TestAbandonedPutTempRemovedAtOpen(t *testing.T) {
 	}
 }
 
+// A fetch that ends before its first byte leaves no file: there is nothing to
+// resume, and bad input must change no state.
+func TestEmptyPartialLeavesNothing(t *testing.T) {
+	s := openStore(t)
+	ref := RefOf([]byte("never sent"))
+	p, err := s.OpenPartial(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if files := dirEntries(t, s.Dir()); len(files) != 0 {
+		t.Fatalf("files after an empty partial was closed: %v", files)
+	}
+	if parts, err := s.Partials(); err != nil || len(parts) != 0 {
+		t.Fatalf("Partials = %v, %v", parts, err)
+	}
+	// The ref is free again for the next fetch.
+	p, err = s.OpenPartial(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+}
+
 func TestPartialInterruptedThenResumed(t *testing.T) {
 	s := openStore(t)
 	data := randomBytes(t, 5<<20+3)

@@ -2,7 +2,9 @@ package datastore
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"lukechampine.com/blake3"
@@ -90,12 +92,21 @@ func (p *Partial) Discard() error {
 }
 
 // Close fsyncs and keeps the partial file for a later resume, and ends the
-// Partial. Closing an ended Partial does nothing.
+// Partial; an empty partial file, with nothing to resume, is removed. Closing
+// an ended Partial does nothing.
 func (p *Partial) Close() error {
 	if p.f == nil {
 		return nil
 	}
 	defer p.end()
+	if p.n == 0 {
+		p.f.Close()
+		p.f = nil
+		if err := os.Remove(p.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove empty partial %s: %w", p.ref, err)
+		}
+		return nil
+	}
 	err := p.f.Sync()
 	if cerr := p.f.Close(); err == nil {
 		err = cerr

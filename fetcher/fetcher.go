@@ -190,14 +190,21 @@ func (f *Fetcher) Stop(ref datastore.Ref) {
 }
 
 // Expedite moves the next attempt of each queued ref to now: a location that
-// may have it has just appeared. Refs in flight or unknown are left alone.
+// may have it has just appeared. A ref in flight is retried at once if its
+// attempt fails, without waiting out a backoff: the attempt may have started
+// before the new location was known. Unknown refs are left alone.
 func (f *Fetcher) Expedite(refs ...datastore.Ref) {
 	now := f.cfg.clock.Now().UnixNano()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	moved := false
 	for _, ref := range refs {
-		if s, ok := f.states[ref]; ok && s.index >= 0 && s.next > now {
+		s, ok := f.states[ref]
+		switch {
+		case !ok:
+		case s.index < 0:
+			s.expedite = true
+		case s.next > now:
 			s.next = now
 			heap.Fix(&f.queue, int(s.index))
 			moved = true
@@ -224,6 +231,7 @@ func (f *Fetcher) run() {
 		now := f.cfg.clock.Now().UnixNano()
 		for f.inFlight < f.cfg.concurrency && len(f.queue) > 0 && f.queue[0].next <= now {
 			s := heap.Pop(&f.queue).(*state)
+			s.expedite = false
 			f.inFlight++
 			f.wg.Go(func() { f.attempt(s) })
 		}
@@ -286,6 +294,9 @@ func (f *Fetcher) attempt(s *state) {
 		delete(f.states, s.ref)
 	} else {
 		s.next = next
+		if s.expedite { // a location appeared during the attempt
+			s.next = min(next, f.cfg.clock.Now().UnixNano())
+		}
 		heap.Push(&f.queue, s)
 		f.cfg.log.Debug("fetch failed; will retry", "ref", s.ref, "attempts", attempts, "in", time.Duration(next-f.cfg.clock.Now().UnixNano()).Round(time.Millisecond), "err", err)
 	}

@@ -287,6 +287,40 @@ func TestExpediteSkipsTheBackoff(t *testing.T) {
 	})
 }
 
+// A location that appears while an attempt is in flight may be the one the
+// attempt missed: if that attempt fails, the next starts at once instead of
+// after the backoff its failures earned. Without an Expedite the failure
+// waits its backoff as ever.
+func TestExpediteInFlightRetriesAFailureAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ff := newFakeFetch(time.Second)
+		expedited, plain := refN(1), refN(2)
+		ff.failures[expedited], ff.failures[plain] = 1, 1
+		f := newFetcher(t, ff, newMemStore())
+		f.StartWithAttempts(expedited, 0)
+		f.StartWithAttempts(plain, 0)
+		time.Sleep(500 * time.Millisecond) // both attempts in flight
+		f.Expedite(expedited)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if n := ff.callCount(expedited); n != 2 || !ff.calls[expedited][1].Equal(ff.ended[expedited][0]) {
+			t.Fatalf("expedited in flight: %d calls %v, ends %v; want the retry the moment the first failed", n, ff.calls[expedited], ff.ended[expedited])
+		}
+		if n := ff.callCount(plain); n != 1 {
+			t.Fatalf("a failure that was not expedited was retried before its backoff: %d calls", n)
+		}
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if n := ff.callCount(plain); n != 2 {
+			t.Fatalf("after its backoff: %d calls, want 2", n)
+		}
+		if n := ff.callCount(expedited); n != 2 {
+			t.Fatalf("the expedited blob, held after its retry, was tried %d times, want 2", n)
+		}
+		f.Close()
+	})
+}
+
 func TestCloseCancelsFetchesAndKeepsCounts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ff := newFakeFetch(time.Hour)

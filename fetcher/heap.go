@@ -15,6 +15,7 @@ type state struct {
 	attempts uint32 // attempts made, persisted in the signpost
 	index    int32  // position in the heap; -1 while being fetched
 	stopped  bool   // StopFetching was called: no more attempts
+	expedite bool   // Expedite was called while in flight: retry a failure at once
 	lastErr  error
 }
 

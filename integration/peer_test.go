@@ -83,7 +83,8 @@ type result struct {
 func peer(t *testing.T, args ...string) result {
 	t.Helper()
 	built(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	// Not t.Context(): cleanups (checkInvariants) run commands too.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, peerBin, args...)
 	cmd.Env = append(os.Environ(), "BLOBSYNC_DATA=") // only --data counts

@@ -235,7 +235,7 @@ func (c *Client) receive(st network.Stream, w io.Writer, offset, size int64, pro
 		n, rerr := io.ReadFull(g, buf[:min(int64(len(buf)), remaining)])
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
-				return written, fmt.Errorf("storing: %w", err)
+				return written, localError(err)
 			}
 			written += int64(n)
 			remaining -= int64(n)
@@ -278,8 +278,11 @@ var errPartialTooLong = errors.New("partial file longer than the blob")
 // fetchOnce makes one attempt; resumed reports whether it began past byte 0.
 func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, opts GetOptions) (got Fetched, resumed bool, err error) {
 	part, err := store.OpenPartial(ref)
+	if errors.Is(err, datastore.ErrBusy) {
+		return Fetched{}, false, err // another fetch of ref is writing it
+	}
 	if err != nil {
-		return Fetched{}, false, err
+		return Fetched{}, false, localError(err)
 	}
 	defer part.Close() // keeps what arrived, unless finalized or discarded
 	offset := part.Size()
@@ -293,7 +296,7 @@ func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, st
 			got, err = Fetched{Size: oe.Size}, nil
 		case oe.Size < offset:
 			if derr := part.Discard(); derr != nil {
-				return Fetched{}, resumed, derr
+				return Fetched{}, resumed, localError(derr)
 			}
 			return Fetched{}, resumed, fmt.Errorf("blob %s: %w (%d > %d bytes); discarded", ref, errPartialTooLong, offset, oe.Size)
 		}
@@ -305,7 +308,7 @@ func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, st
 		if errors.Is(err, datastore.ErrHashMismatch) {
 			return Fetched{}, resumed, &BadDataError{Peer: p, Ref: ref, ResumedAt: offset, ReceivedBytes: got.Size - offset}
 		}
-		return Fetched{}, resumed, err
+		return Fetched{}, resumed, localError(err)
 	}
 	c.blobsFetched.Add(1)
 	return got, resumed, nil

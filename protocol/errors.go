@@ -31,7 +31,15 @@ var (
 	ErrTooSlow = errors.New("transfer too slow")
 	// ErrTooLarge: the blob exceeds this peer's maximum blob size.
 	ErrTooLarge = errors.New("blob too large")
+	// ErrLocal: this peer failed to store what it received (a full disk, an
+	// I/O error): the responder is not at fault.
+	ErrLocal = errors.New("local storage failed")
 )
+
+// localError marks err, from this peer's own store, as ErrLocal.
+func localError(err error) error {
+	return fmt.Errorf("%w: %w", ErrLocal, err)
+}
 
 // statusError maps a non-OK response status to an error naming the peer.
 func statusError(p peer.ID, resp *pb.Response) error {

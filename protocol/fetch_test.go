@@ -280,3 +280,58 @@ func TestUploadRateCapsTheServer(t *testing.T) {
 		t.Fatal("bytes differ")
 	}
 }
+
+// failingWriter accepts limit bytes, then fails as a full disk does.
+type failingWriter struct{ limit int }
+
+var errDiskFull = errors.New("no space left on device")
+
+func (w *failingWriter) Write(b []byte) (int, error) {
+	if len(b) > w.limit {
+		n := w.limit
+		w.limit = 0
+		return n, errDiskFull
+	}
+	w.limit -= len(b)
+	return len(b), nil
+}
+
+// A write that fails here is this peer's failure, not the responder's: the
+// error says ErrLocal (with the cause), not a protocol violation or a
+// missing blob, and the peer is not blamed.
+func TestGetBlobLocalWriteFailureIsLocal(t *testing.T) {
+	a := newServing(t, false)
+	data := randomBytes(t, 3<<20)
+	ref := a.put(t, data, true)
+	b := newFetching(t, a.h, false)
+	_, written, err := b.getBlob(t.Context(), a.h.ID(), ref, 0, &failingWriter{limit: 1 << 20})
+	if !errors.Is(err, ErrLocal) || !errors.Is(err, errDiskFull) {
+		t.Fatalf("GetBlob into a failing writer: %v, want ErrLocal wrapping the write's error", err)
+	}
+	for _, wrong := range []error{ErrProtocol, ErrNotFound, ErrRemote, ErrTooSlow} {
+		if errors.Is(err, wrong) {
+			t.Fatalf("GetBlob into a failing writer: %v, which blames the peer (%v)", err, wrong)
+		}
+	}
+	if written > 1<<20 {
+		t.Fatalf("%d bytes written past the writer's failure", written)
+	}
+	// The responder is fine: a writer with room gets the blob.
+	var buf bytes.Buffer
+	if _, _, err := b.getBlob(t.Context(), a.h.ID(), ref, 0, &buf); err != nil || !bytes.Equal(buf.Bytes(), data) {
+		t.Fatalf("GetBlob after the failure: %v, %d bytes", err, buf.Len())
+	}
+}
+
+// A fetch the responder cannot serve leaves no partial file behind.
+func TestFailedFetchLeavesNoPartial(t *testing.T) {
+	a := newServing(t, false)
+	b := newFetching(t, a.h, false)
+	ref := datastore.RefOf([]byte("held by nobody"))
+	if _, err := b.fetch(t.Context(), a.h.ID(), ref, nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Fetch of a blob the peer lacks: %v, want ErrNotFound", err)
+	}
+	if n := b.partialSize(t, ref); n != -1 {
+		t.Fatalf("a fetch that received nothing left a %d-byte partial file", n)
+	}
+}
