@@ -279,10 +279,14 @@ func (f *Fetcher) attempt(s *state) {
 		return
 	}
 	attempts := s.attempts + 1 // only this goroutine touches attempts while in flight
-	// Persist before requeueing, so counts reach the store in order; a
-	// shutdown must not lose the count, so the write outlives f.ctx.
-	if serr := f.store.SetFetchAttempts(context.WithoutCancel(f.ctx), s.ref, attempts); serr != nil {
-		f.cfg.log.Warn("fetcher: recording attempts", "ref", s.ref, "err", serr)
+	// Persist a failure's count before requeueing, so counts reach the store
+	// in order; a shutdown must not lose it, so the write outlives f.ctx. A
+	// success's is not kept: the blob is held and never fetched again, and a
+	// durable write per blob would slow fetching many small blobs.
+	if err != nil {
+		if serr := f.store.SetFetchAttempts(context.WithoutCancel(f.ctx), s.ref, attempts); serr != nil {
+			f.cfg.log.Warn("fetcher: recording attempts", "ref", s.ref, "err", serr)
+		}
 	}
 	next := f.cfg.clock.Now().Add(f.Backoff(attempts)).UnixNano()
 
