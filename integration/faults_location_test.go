@@ -108,17 +108,7 @@ func TestFaultPartitionHeals(t *testing.T) {
 	}
 
 	healed := runDaemonWith(t, device.dir, metricsFlags, tcpListen)
-	took := within(t, 15*time.Second, "every blob to arrive after the partition healed", func() bool {
-		for ref := range want {
-			if !held(t, back, ref) {
-				return false
-			}
-		}
-		return true
-	})
-	for ref, data := range want {
-		verifyHeld(t, back, ref, data)
-	}
+	took := allHeld(t, back, want, 15*time.Second, "every blob to arrive after the partition healed")
 	t.Logf("all 5 blobs arrived %v after the device returned", took.Round(time.Millisecond))
 	checkInvariants(t, back, healed, relay, server, device)
 }

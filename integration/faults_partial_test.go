@@ -20,17 +20,8 @@ import (
 func TestFaultCorruptedPartialIsRefetched(t *testing.T) {
 	const size = 8 << 20
 	rng := rand.New(rand.NewPCG(3, 3))
-	device := runChecked(t, rateLimited(t, 4<<20)) // the blob takes 2 s
-	server := startChecked(t)
-	createGroup(t, device)
-	joinAs(t, server, device, "server")
-
-	path, data := seededFile(t, rng, size)
-	ref := putSG(t, device, path)
-	within(t, 20*time.Second, "the server's partial file to pass 2 MiB", func() bool {
-		n, found := fullStatusOf(t, server).partial(ref)
-		return found && n >= 2<<20
-	})
+	tr := startTransfer(t, rateLimited(t, 4<<20), rng, size, 2<<20) // the blob takes 2 s
+	device, server, ref, data := tr.device, tr.server, tr.ref, tr.data
 	kill9(t, server)
 
 	partial := filepath.Join(server.dir, "blobs", "partial", ref)

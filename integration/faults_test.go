@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -122,6 +123,24 @@ func verifyHeld(t *testing.T, d *daemon, ref string, data []byte) {
 	}
 }
 
+// allHeld waits at most limit for d to hold every blob of want (BlobRef →
+// bytes), checks their bytes and returns how long it waited.
+func allHeld(t *testing.T, d *daemon, want map[string][]byte, limit time.Duration, what string) time.Duration {
+	t.Helper()
+	took := within(t, limit, what, func() bool {
+		for ref := range want {
+			if !held(t, d, ref) {
+				return false
+			}
+		}
+		return true
+	})
+	for ref, data := range want {
+		verifyHeld(t, d, ref, data)
+	}
+	return took
+}
+
 // attemptsMetrics returns the server fetcher's attempts counted in d's
 // /metrics: the successful ones, and all.
 func attemptsMetrics(t *testing.T, d *daemon) (okAttempts, all float64) {
@@ -137,6 +156,33 @@ func attemptsMetrics(t *testing.T, d *daemon) (okAttempts, all float64) {
 	return okAttempts, all
 }
 
+// transfer is a device and a server of the fault syncgroup, the server in
+// the middle of fetching the device's blob ref.
+type transfer struct {
+	device, server *daemon
+	ref            string
+	data           []byte
+}
+
+// startTransfer starts a device on deviceDir (rate-limited, so the transfer
+// takes a while) and a server, puts a blob of size bytes drawn from rng on
+// the device, and returns once the server's partial file holds at least
+// atLeast bytes of it.
+func startTransfer(t *testing.T, deviceDir string, rng *rand.Rand, size, atLeast int64) transfer {
+	t.Helper()
+	device := runChecked(t, deviceDir)
+	server := startChecked(t)
+	createGroup(t, device)
+	joinAs(t, server, device, "server")
+	path, data := seededFile(t, rng, int(size))
+	ref := putSG(t, device, path)
+	within(t, 20*time.Second, fmt.Sprintf("the server's partial file to pass %d bytes", atLeast), func() bool {
+		n, found := fullStatusOf(t, server).partial(ref)
+		return found && n >= atLeast
+	})
+	return transfer{device: device, server: server, ref: ref, data: data}
+}
+
 // TestFaultServingPeerKilledMidTransfer: the device serving a blob is killed
 // with SIGKILL mid-transfer; the server keeps its partial file, counts the
 // failed attempt, and when the device comes back (same data directory)
@@ -145,17 +191,8 @@ func TestFaultServingPeerKilledMidTransfer(t *testing.T) {
 	const size = 16 << 20
 	rng := rand.New(rand.NewPCG(1, 1))
 	deviceDir := rateLimited(t, 4<<20) // the blob takes 4 s
-	device := runChecked(t, deviceDir)
-	server := startChecked(t)
-	createGroup(t, device)
-	joinAs(t, server, device, "server")
-
-	path, data := seededFile(t, rng, size)
-	ref := putSG(t, device, path)
-	within(t, 20*time.Second, "the server's partial file to pass half the blob", func() bool {
-		n, found := fullStatusOf(t, server).partial(ref)
-		return found && n >= size/2
-	})
+	tr := startTransfer(t, deviceDir, rng, size, size/2)
+	device, server, ref, data := tr.device, tr.server, tr.ref, tr.data
 	kill9(t, device)
 
 	// The attempt fails with the device gone and waits out its backoff; what
@@ -278,17 +315,7 @@ func TestFaultServerKilledRepeatedly(t *testing.T) {
 		}
 	}
 
-	within(t, 60*time.Second, "every blob to reach the server", func() bool {
-		for ref := range want {
-			if !held(t, server, ref) {
-				return false
-			}
-		}
-		return true
-	})
-	for ref, data := range want {
-		verifyHeld(t, server, ref, data)
-	}
+	allHeld(t, server, want, 60*time.Second, "every blob to reach the server")
 	st := fullStatusOf(t, server)
 	if b, found := st.queued(ghostRef); !found || b.Attempts < maxAttempts[ghostRef] {
 		t.Errorf("the ghost's blob: %+v (present %v), had %d attempts", b, found, maxAttempts[ghostRef])

@@ -11,36 +11,6 @@ import (
 	"time"
 )
 
-// status is the part of peer status --json these tests read.
-type status struct {
-	Blobs    int
-	Partials []struct {
-		Ref  string
-		Size int64
-	}
-	Transfers struct {
-		BytesSent     int64 `json:"bytes_sent"`
-		BytesReceived int64 `json:"bytes_received"`
-	}
-	FetchQueue struct {
-		Pending int
-		Blobs   []struct {
-			Ref         string
-			Attempts    uint32
-			NextAttempt *time.Time `json:"next_attempt"`
-		}
-	} `json:"fetch_queue"`
-}
-
-func statusOf(t *testing.T, d *daemon) status {
-	t.Helper()
-	var st status
-	if err := json.Unmarshal([]byte(ok(t, "status", "--json", "--data", d.dir)), &st); err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
 func held(t *testing.T, d *daemon, ref string) bool {
 	t.Helper()
 	return peer(t, "has", ref, "--data", d.dir).code == 0
@@ -106,12 +76,12 @@ func TestServerBlobFetch(t *testing.T) {
 				t.Fatalf("server's copy of blob %d: exit %d, differs", i, r.code)
 			}
 		}
-		if st := statusOf(t, s); st.FetchQueue.Pending != 0 || len(st.Partials) != 0 {
+		if st := fullStatusOf(t, s); st.FetchQueue.Pending != 0 || len(st.Partials) != 0 {
 			t.Fatalf("server status after fetching all: %+v", st)
 		}
 	}
 	// The normal member knows every blob (it had the announcements) yet holds none.
-	if st := statusOf(t, normal); st.Blobs != 0 || st.FetchQueue.Pending != 0 || st.Transfers.BytesReceived != 0 {
+	if st := fullStatusOf(t, normal); st.Blobs != 0 || st.FetchQueue.Pending != 0 || st.Transfers.BytesReceived != 0 {
 		t.Fatalf("normal member fetched on its own: %+v", st)
 	}
 
@@ -140,7 +110,7 @@ func TestServerKilledMidFetchResumes(t *testing.T) {
 	ref := strings.TrimSpace(ok(t, "put", path, "--sg", sg, "--data", device.dir))
 	var kept int64
 	eventually(t, "the partial file to pass 8 MiB", func() bool {
-		for _, p := range statusOf(t, server).Partials {
+		for _, p := range fullStatusOf(t, server).Partials {
 			if p.Ref == ref && p.Size >= 8<<20 {
 				return true
 			}
@@ -165,7 +135,7 @@ func TestServerKilledMidFetchResumes(t *testing.T) {
 	if !bytes.Equal([]byte(r.stdout), data) {
 		t.Fatal("resumed blob differs")
 	}
-	st := statusOf(t, restarted)
+	st := fullStatusOf(t, restarted)
 	if st.Transfers.BytesReceived != int64(len(data))-kept {
 		t.Fatalf("after the restart the server received %d bytes; resuming from %d should take %d", st.Transfers.BytesReceived, kept, int64(len(data))-kept)
 	}
@@ -213,7 +183,7 @@ func TestReconnectedDeviceIsFetchedAtOnce(t *testing.T) {
 	back := runDaemon(t, server.dir, tcpListen)
 	var next time.Time
 	eventually(t, "three failed attempts", func() bool {
-		for _, b := range statusOf(t, back).FetchQueue.Blobs {
+		for _, b := range fullStatusOf(t, back).FetchQueue.Blobs {
 			if b.Ref == ref && b.Attempts >= 3 && b.NextAttempt != nil {
 				next = *b.NextAttempt
 				return true
