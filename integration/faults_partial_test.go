@@ -20,7 +20,7 @@ import (
 func TestFaultCorruptedPartialIsRefetched(t *testing.T) {
 	const size = 8 << 20
 	rng := rand.New(rand.NewPCG(3, 3))
-	tr := startTransfer(t, rateLimited(t, 4<<20), rng, size, 2<<20) // the blob takes 2 s
+	tr := startTransfer(t, overTCP, rateLimited(t, 4<<20), rng, size, 2<<20) // the blob takes 2 s
 	device, server, ref, data := tr.device, tr.server, tr.ref, tr.data
 	kill9(t, server)
 

@@ -24,20 +24,39 @@ const faultSG = "/blobsync/sg/faults"
 // metricsFlags are the daemon flags of every daemon checkInvariants measures.
 var metricsFlags = []string{"--metrics", "127.0.0.1:0"}
 
-// startChecked starts a daemon in a new data directory with metrics, and
-// records its idle baseline.
+// transport is what daemons listen on and join through: a multiaddr's
+// transport name and a listen address.
+type transport struct{ name, listen string }
+
+var (
+	overTCP  = transport{"tcp", tcpListen}
+	overQUIC = transport{"quic-v1", quicListen}
+)
+
+// startChecked starts a daemon on TCP in a new data directory with metrics,
+// and records its idle baseline.
 func startChecked(t *testing.T) *daemon {
 	t.Helper()
-	d := startDaemonWith(t, metricsFlags, tcpListen)
+	return startCheckedOn(t, overTCP)
+}
+
+func startCheckedOn(t *testing.T, tp transport) *daemon {
+	t.Helper()
+	d := startDaemonWith(t, metricsFlags, tp.listen)
 	markIdle(t, d)
 	return d
 }
 
-// runChecked runs a daemon with metrics on an initialized data directory; on
-// the directory's first run it records the idle baseline.
+// runChecked runs a daemon on TCP with metrics on an initialized data
+// directory; on the directory's first run it records the idle baseline.
 func runChecked(t *testing.T, dir string) *daemon {
 	t.Helper()
-	d := runDaemonWith(t, dir, metricsFlags, tcpListen)
+	return runCheckedOn(t, dir, overTCP)
+}
+
+func runCheckedOn(t *testing.T, dir string, tp transport) *daemon {
+	t.Helper()
+	d := runDaemonWith(t, dir, metricsFlags, tp.listen)
 	idleMu.Lock()
 	_, known := idle[dir]
 	idleMu.Unlock()
@@ -58,7 +77,12 @@ func rateLimited(t *testing.T, rate int) string {
 
 func joinAs(t *testing.T, d, via *daemon, role string) {
 	t.Helper()
-	ok(t, "sg", "join", faultSG, "--via", via.addr(t, "tcp"), "--role", role, "--data", d.dir)
+	joinOver(t, d, via, role, overTCP)
+}
+
+func joinOver(t *testing.T, d, via *daemon, role string, tp transport) {
+	t.Helper()
+	ok(t, "sg", "join", faultSG, "--via", via.addr(t, tp.name), "--role", role, "--data", d.dir)
 }
 
 func createGroup(t *testing.T, device *daemon) {
@@ -165,15 +189,15 @@ type transfer struct {
 }
 
 // startTransfer starts a device on deviceDir (rate-limited, so the transfer
-// takes a while) and a server, puts a blob of size bytes drawn from rng on
-// the device, and returns once the server's partial file holds at least
-// atLeast bytes of it.
-func startTransfer(t *testing.T, deviceDir string, rng *rand.Rand, size, atLeast int64) transfer {
+// takes a while) and a server, both on tp, puts a blob of size bytes drawn
+// from rng on the device, and returns once the server's partial file holds
+// at least atLeast bytes of it.
+func startTransfer(t *testing.T, tp transport, deviceDir string, rng *rand.Rand, size, atLeast int64) transfer {
 	t.Helper()
-	device := runChecked(t, deviceDir)
-	server := startChecked(t)
+	device := runCheckedOn(t, deviceDir, tp)
+	server := startCheckedOn(t, tp)
 	createGroup(t, device)
-	joinAs(t, server, device, "server")
+	joinOver(t, server, device, "server", tp)
 	path, data := seededFile(t, rng, int(size))
 	ref := putSG(t, device, path)
 	within(t, 20*time.Second, fmt.Sprintf("the server's partial file to pass %d bytes", atLeast), func() bool {
@@ -186,19 +210,28 @@ func startTransfer(t *testing.T, deviceDir string, rng *rand.Rand, size, atLeast
 // TestFaultServingPeerKilledMidTransfer: the device serving a blob is killed
 // with SIGKILL mid-transfer; the server keeps its partial file, counts the
 // failed attempt, and when the device comes back (same data directory)
-// resumes from the partial file instead of starting over.
+// resumes from the partial file instead of starting over. Over TCP the kill
+// resets the connection; over QUIC nothing tells the server, and the stall
+// deadline (30 s without a byte) or QUIC's idle timeout must end the attempt.
 func TestFaultServingPeerKilledMidTransfer(t *testing.T) {
+	for _, tp := range []transport{overTCP, overQUIC} {
+		t.Run(tp.name, func(t *testing.T) { servingPeerKilledMidTransfer(t, tp) })
+	}
+}
+
+func servingPeerKilledMidTransfer(t *testing.T, tp transport) {
 	const size = 16 << 20
 	rng := rand.New(rand.NewPCG(1, 1))
 	deviceDir := rateLimited(t, 4<<20) // the blob takes 4 s
-	tr := startTransfer(t, deviceDir, rng, size, size/2)
+	tr := startTransfer(t, tp, deviceDir, rng, size, size/2)
 	device, server, ref, data := tr.device, tr.server, tr.ref, tr.data
 	kill9(t, device)
+	killed := time.Now()
 
 	// The attempt fails with the device gone and waits out its backoff; what
 	// arrived stays in the partial file.
 	var st fullStatus
-	within(t, 20*time.Second, "the failed attempt to be counted", func() bool {
+	within(t, 45*time.Second, "the failed attempt to be counted", func() bool {
 		st = fullStatusOf(t, server)
 		b, found := st.queued(ref)
 		return found && b.Attempts >= 1 && !b.InFlight
@@ -211,7 +244,8 @@ func TestFaultServingPeerKilledMidTransfer(t *testing.T) {
 		t.Fatal("the server holds the blob its only source died in the middle of")
 	}
 
-	restarted := runChecked(t, deviceDir)
+	t.Logf("over %s the attempt failed %v after the kill", tp.name, time.Since(killed).Round(100*time.Millisecond))
+	restarted := runCheckedOn(t, deviceDir, tp)
 	within(t, 20*time.Second, "the server to finish from the restarted device", func() bool { return held(t, server, ref) })
 	verifyHeld(t, server, ref, data)
 	st = fullStatusOf(t, server)
