@@ -15,6 +15,7 @@ import (
 	ds "github.com/ipfs/go-datastore"
 	leveldb "github.com/ipfs/go-ds-leveldb"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -31,14 +32,7 @@ func newNode(t testing.TB, opts ...Option) *Node {
 // directory, for a test that starts another Node on them (a restart).
 func newNodeParts(t testing.TB, opts ...Option) (*Node, ds.Batching, string) {
 	t.Helper()
-	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := p2p.New(key, p2p.ListenAddrs(ma.StringCast("/ip4/127.0.0.1/tcp/0")))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newHost(t)
 	dir := t.TempDir()
 	d, err := leveldb.NewDatastore(filepath.Join(dir, "datastore"), nil)
 	if err != nil {
@@ -54,6 +48,20 @@ func newNodeParts(t testing.TB, opts ...Option) (*Node, ds.Batching, string) {
 		d.Close()
 	})
 	return n, d, filepath.Join(dir, "blobs")
+}
+
+// newHost starts a host with a new identity on loopback TCP. The caller closes it.
+func newHost(t testing.TB) host.Host {
+	t.Helper()
+	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := p2p.New(key, p2p.ListenAddrs(ma.StringCast("/ip4/127.0.0.1/tcp/0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 func addrInfo(n *Node) peer.AddrInfo { return peer.AddrInfo{ID: n.h.ID(), Addrs: n.h.Addrs()} }

@@ -2,18 +2,14 @@ package blobsync
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/binary"
 	"testing"
 	"time"
 
-	"github.com/blobsync/blobsync/p2p"
 	"github.com/blobsync/blobsync/protocol"
 	"github.com/blobsync/blobsync/protocol/pb"
-	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	ma "github.com/multiformats/go-multiaddr"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -30,14 +26,7 @@ func TestStalledLocationIsCutOffAndTheNextResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	staller, err := p2p.New(key, p2p.ListenAddrs(ma.StringCast("/ip4/127.0.0.1/tcp/0")))
-	if err != nil {
-		t.Fatal(err)
-	}
+	staller := newHost(t)
 	t.Cleanup(func() { staller.Close() })
 	reset := make(chan error, 1)
 	staller.SetStreamHandler(protocol.ID, func(st network.Stream) {
