@@ -64,9 +64,7 @@ func (n *Node) Put(ctx context.Context, r io.Reader, opts PutOptions) (Ref, int6
 			return ref, size, fmt.Errorf("blob %s stored, but announcing it in %s failed: %w", ref, id, err)
 		}
 	}
-	if n.serves(ctx, ref) {
-		n.provide(ref.CID())
-	}
+	n.provideIfServed(ctx, ref)
 	n.checkBudget()
 	return ref, size, nil
 }

@@ -200,7 +200,7 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 	}
 	n.wg.Go(func() { n.syncLoop(ctx) })
 	n.wg.Go(func() { n.budgetLoop(ctx) })
-	n.wg.Go(func() { n.recoverFetches(ctx) })
+	n.wg.Go(func() { n.startHeld(ctx) })
 	if cfg.discovery != nil {
 		n.wg.Go(func() { n.provideLoop(ctx) })
 	}

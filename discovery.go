@@ -59,12 +59,13 @@ func (n *Node) provide(key cid.Cid) {
 	}
 }
 
-// provideLoop provides queued keys, and every key this node should provide at
-// start and every provideInterval.
+// provideLoop provides queued keys, and every key this node should provide
+// every provideInterval; at start, the syncgroups' (startHeld queues the
+// blobs').
 func (n *Node) provideLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.provideInterval)
 	defer t.Stop()
-	n.provideAll(ctx)
+	n.provideGroups()
 	for {
 		select {
 		case <-ctx.Done():
@@ -88,11 +89,7 @@ func (n *Node) provideLoop(ctx context.Context) {
 // provideAll queues the rendezvous keys of every syncgroup and the blobs held
 // here in syncgroups this node serves.
 func (n *Node) provideAll(ctx context.Context) {
-	for _, g := range n.groups.Groups() {
-		if key, err := p2p.RendezvousKey(g.Spec.ID); err == nil {
-			n.provide(key)
-		}
-	}
+	n.provideGroups()
 	held, err := n.blobs.List()
 	if err != nil {
 		n.cfg.log.Warn("dht: listing blobs to provide", "err", err)
@@ -102,9 +99,24 @@ func (n *Node) provideAll(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if n.serves(ctx, b.Ref) {
-			n.provide(b.Ref.CID())
+		n.provideIfServed(ctx, b.Ref)
+	}
+}
+
+// provideGroups queues the rendezvous key of every syncgroup.
+func (n *Node) provideGroups() {
+	for _, g := range n.groups.Groups() {
+		if key, err := p2p.RendezvousKey(g.Spec.ID); err == nil {
+			n.provide(key)
 		}
+	}
+}
+
+// provideIfServed queues ref for providing if there is a Discovery and this
+// node serves a syncgroup of ref. Without a Discovery it reads nothing.
+func (n *Node) provideIfServed(ctx context.Context, ref Ref) {
+	if n.cfg.discovery != nil && n.serves(ctx, ref) {
+		n.provide(ref.CID())
 	}
 }
 

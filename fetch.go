@@ -259,9 +259,7 @@ func (n *Node) recordFetched(ctx context.Context, ref Ref, size int64, p peer.ID
 		return fmt.Errorf("%w: %w", ErrLocal, err)
 	}
 	n.checkBudget()
-	if n.serves(ctx, ref) {
-		n.provide(ref.CID())
-	}
+	n.provideIfServed(ctx, ref)
 	return nil
 }
 

@@ -20,8 +20,10 @@ import (
 // maxRecoverAcks caps the locations asked to accept one recovered blob.
 const maxRecoverAcks = 8
 
-// recoverFetches finishes every fetch a crash cut off after its install.
-func (n *Node) recoverFetches(ctx context.Context) {
+// startHeld is the start-up pass over the blobs held here, in one listing:
+// it finishes every fetch a crash cut off after its install (which provides
+// the blob, if served), and provides the other blobs this node serves.
+func (n *Node) startHeld(ctx context.Context) {
 	held, err := n.blobs.List()
 	if err != nil {
 		n.cfg.log.Warn("recovery: listing blobs", "err", err)
@@ -37,8 +39,9 @@ func (n *Node) recoverFetches(ctx context.Context) {
 			n.cfg.log.Warn("recovery: reading blob metadata", "ref", b.Ref, "err", err)
 			continue
 		}
-		if !meta.Created.IsZero() {
-			continue // recorded
+		if !meta.Created.IsZero() { // recorded
+			n.provideIfServed(ctx, b.Ref)
+			continue
 		}
 		if err := n.recoverFetch(ctx, b.Ref, b.Size); err != nil {
 			n.cfg.log.Warn("recovery: recording a fetched blob", "ref", b.Ref, "err", err)

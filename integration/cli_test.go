@@ -46,6 +46,7 @@ func TestCLIErrors(t *testing.T) {
 	failsWith(t, 1, "another daemon is already running", "daemon", "--data", a.dir, "--listen", tcpListen)
 	failsWith(t, 2, "bad multiaddr", "daemon", "--data", b.dir, "--listen", "not-an-addr")
 	failsWith(t, 2, "--log-level", "daemon", "--data", b.dir, "--log-level", "loud")
+	failsWith(t, 2, "want HOST:PORT", "daemon", "--data", b.dir, "--metrics", "nonsense")
 
 	// A private blob is answered like an unknown one, and nothing is written.
 	out := filepath.Join(t.TempDir(), "out")

@@ -24,7 +24,7 @@ func TestFaultSignpostPeersAllGone(t *testing.T) {
 	eventually(t, "the normal member to hold the announcement", func() bool { return entries(t, normal) == entries(t, device) })
 	device.stop(t) // for good
 
-	back := runDaemonWith(t, server.dir, metricsFlags, tcpListen)
+	back := runChecked(t, server.dir)
 	start := time.Now()
 	within(t, 20*time.Second, "the server to learn of the blob and fail at it", func() bool {
 		b, found := fullStatusOf(t, back).queued(ref)
@@ -86,7 +86,7 @@ func TestFaultPartitionHeals(t *testing.T) {
 	eventually(t, "the relay to hold the announcements", func() bool { return entries(t, relay) == entries(t, device) })
 	device.stop(t)
 
-	back := runDaemonWith(t, server.dir, metricsFlags, tcpListen)
+	back := runChecked(t, server.dir)
 	start := time.Now()
 	within(t, 20*time.Second, "the server to fail at every blob", func() bool {
 		st := fullStatusOf(t, back)
@@ -107,7 +107,7 @@ func TestFaultPartitionHeals(t *testing.T) {
 		}
 	}
 
-	healed := runDaemonWith(t, device.dir, metricsFlags, tcpListen)
+	healed := runChecked(t, device.dir)
 	took := allHeld(t, back, want, 15*time.Second, "every blob to arrive after the partition healed")
 	t.Logf("all 5 blobs arrived %v after the device returned", took.Round(time.Millisecond))
 	checkInvariants(t, back, healed, relay, server, device)
@@ -151,7 +151,7 @@ func TestFaultNewHolderDuringAnAttempt(t *testing.T) {
 			moved, _ = st.partial(ref)
 			return found && b.Attempts >= i && !b.InFlight
 		})
-		device = runDaemonWith(t, deviceDir, metricsFlags, tcpListen)
+		device = runChecked(t, deviceDir)
 		devices = append(devices, device)
 	}
 

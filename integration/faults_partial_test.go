@@ -48,7 +48,7 @@ func TestFaultCorruptedPartialIsRefetched(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	restarted := runDaemonWith(t, server.dir, metricsFlags, tcpListen)
+	restarted := runChecked(t, server.dir)
 	took := within(t, 10*time.Second, "the blob to arrive despite the corrupted partial file", func() bool { return held(t, restarted, ref) })
 	verifyHeld(t, restarted, ref, data)
 	st := fullStatusOf(t, restarted)
@@ -89,7 +89,7 @@ func TestFaultOverlongPartial(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	restarted := runDaemonWith(t, server.dir, metricsFlags, tcpListen)
+	restarted := runChecked(t, server.dir)
 	if got := putSG(t, device, path); got != ref {
 		t.Fatalf("put printed %s, want %s", got, ref)
 	}
@@ -246,7 +246,7 @@ func TestFaultKilledBetweenInstallAndAcknowledge(t *testing.T) {
 		<-victim.exited
 		afterKill := ls(t, device)[ref].Shares[faultSG] // 2 while not acknowledged
 
-		server = runDaemonWith(t, serverDir, metricsFlags, tcpListen)
+		server = runChecked(t, serverDir)
 		instances = append(instances, server)
 		verifyHeld(t, server, ref, data)
 		var onDevice, onServer int32

@@ -295,7 +295,7 @@ func TestFaultServerKilledRepeatedly(t *testing.T) {
 	eventually(t, "the device to hold the ghost's announcement", func() bool { return entries(t, device) == entries(t, ghost) })
 	ghost.stop(t)
 	first := server
-	server = runDaemonWith(t, serverDir, metricsFlags, tcpListen)
+	server = runChecked(t, serverDir)
 	instances := []*daemon{first, server}
 	within(t, 20*time.Second, "a failed attempt at the ghost's blob", func() bool {
 		b, found := fullStatusOf(t, server).queued(ghostRef)
@@ -333,7 +333,7 @@ func TestFaultServerKilledRepeatedly(t *testing.T) {
 			}
 		}
 
-		server = runDaemonWith(t, serverDir, metricsFlags, tcpListen) // fails the test unless the datastore opens
+		server = runChecked(t, serverDir) // fails the test unless the datastore opens
 		instances = append(instances, server)
 		var st fullStatus
 		within(t, 10*time.Second, "the restarted server's first scan", func() bool {
@@ -356,6 +356,9 @@ func TestFaultServerKilledRepeatedly(t *testing.T) {
 	}
 	if len(st.Partials) != 0 {
 		t.Errorf("with every blob held or unreachable, partial files are left: %+v", st.Partials)
+	}
+	if midTransfer == 0 {
+		t.Errorf("none of the %d kills landed mid-transfer: the resume after a kill went untested (BLOBSYNC_FAULT_SEED replays the run)", iterations)
 	}
 	t.Logf("%d kills, %d of them mid-transfer (a partial file with bytes in place); the server holds %d blobs; the ghost's blob has %d attempts",
 		iterations, midTransfer, st.Blobs, maxAttempts[ghostRef])

@@ -1,13 +1,11 @@
 package integration
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +16,7 @@ import (
 
 // What checkInvariants allows a daemon beyond its idle baseline, per
 // connection it holds beyond the baseline's (a go-libp2p TCP connection costs
-// 4 goroutines and 1 fd here: yamux and swarm loops, and the socket) and in
+// 5 goroutines and 1 fd here: yamux and swarm loops, and the socket) and in
 // all (scrapes, status calls and timers coming and going). The fds counted
 // leave out leveldb's own files under <data>/datastore, whose table cache
 // legitimately grows; files under <data>/blobs must all be closed when idle.
@@ -143,30 +141,8 @@ func resourcesOf(t *testing.T, d *daemon) resources {
 			r.fds++
 		}
 	}
-	r.goroutines = goroutinesOf(t, st.Metrics)
+	r.goroutines = int(metricOf(t, st.Metrics, "go_goroutines"))
 	return r
-}
-
-// goroutinesOf reads go_goroutines from the /metrics at addr.
-func goroutinesOf(t *testing.T, addr string) int {
-	t.Helper()
-	resp, err := noKeepAlive.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, found := strings.CutPrefix(sc.Text(), "go_goroutines "); found {
-			n, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("go_goroutines %q: %v", v, err)
-			}
-			return int(n)
-		}
-	}
-	t.Fatalf("%s/metrics has no go_goroutines (%v)", addr, sc.Err())
-	return 0
 }
 
 // markIdle records d's baseline for checkInvariants: its resources once three

@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -14,14 +15,25 @@ import (
 // included, as printed).
 func scrape(t *testing.T, addr string) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
+	m, err := scrapeErr(addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return m
+}
+
+// scrapeErr is scrape without a testing.T (for goroutines other than the
+// test's). It leaves no connection open in the daemon between scrapes, so
+// that checkInvariants counts none.
+func scrapeErr(addr string) (map[string]float64, error) {
+	resp, err := noKeepAlive.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("/metrics: %s: %s", resp.Status, b)
+		return nil, fmt.Errorf("/metrics: %s: %s", resp.Status, b)
 	}
 	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
@@ -31,12 +43,11 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err == nil {
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
 			out[line[:i]] = v
 		}
 	}
-	return out
+	return out, sc.Err()
 }
 
 // TestMetricsMoveWhenABlobIsFetched scrapes a server's /metrics before and

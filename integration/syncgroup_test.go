@@ -96,13 +96,7 @@ func TestSyncgroupMembersFetchOthersNot(t *testing.T) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	within(t, 20*time.Second, what, cond)
 }
 
 // TestAllowlistGroup: a peer not on the list cannot join; one on it can.

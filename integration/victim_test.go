@@ -10,12 +10,10 @@ import (
 	"io"
 	"io/fs"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -75,34 +73,6 @@ func startVictim(t *testing.T) (*daemon, string) {
 		t.Fatalf("status names no metrics address: %+v, %v", st, err)
 	}
 	return d, st.Metrics
-}
-
-// scrapeNoT is scrape without a testing.T, for goroutines.
-func scrapeNoT(addr string) (map[string]float64, error) {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/metrics: %s", resp.Status)
-	}
-	out := map[string]float64{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, nil
 }
 
 // metricOf reads one sample from the daemon's /metrics; it must be present.
@@ -296,7 +266,7 @@ func startMetricsSampler(addr string, every time.Duration) *metricsSampler {
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
-			m, err := scrapeNoT(addr)
+			m, err := scrapeErr(addr)
 			s.mu.Lock()
 			if err != nil {
 				s.errs++

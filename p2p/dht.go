@@ -56,7 +56,9 @@ func NewDHT(ctx context.Context, h host.Host, server bool, bootstrap []peer.Addr
 // Close stops the DHT.
 func (d *DHT) Close() error { return d.d.Close() }
 
-// Server reports whether the DHT answers queries for others.
+// Server reports whether the DHT was started in server mode, answering
+// queries for others; otherwise it is in auto mode (a client unless publicly
+// reachable). The mode is chosen at start.
 func (d *DHT) Server() bool { return d.d.Mode() == dht.ModeServer }
 
 // RoutingTableSize returns how many DHT servers the routing table holds.

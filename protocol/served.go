@@ -27,8 +27,9 @@ type servedEntry struct {
 }
 
 type servedLog struct {
-	mu sync.Mutex
-	m  map[servedKey]servedEntry
+	mu    sync.Mutex
+	m     map[servedKey]servedEntry
+	swept time.Time // last sweep for expired records, done at most every servedTTL/10
 }
 
 // record notes that caller received all of ref.
@@ -39,9 +40,15 @@ func (l *servedLog) record(caller peer.ID, ref datastore.Ref, distance map[strin
 		l.m = map[servedKey]servedEntry{}
 	}
 	if len(l.m) >= servedCap {
-		for k, e := range l.m { // drop the expired; if none, the cap drops this record
-			if now.Sub(e.at) > servedTTL {
-				delete(l.m, k)
+		// Drop the expired, sweeping at most every servedTTL/10 so that a full
+		// log of fresh records costs no scan per transfer; if none expired,
+		// the cap drops this record.
+		if now.Sub(l.swept) >= servedTTL/10 {
+			l.swept = now
+			for k, e := range l.m {
+				if now.Sub(e.at) > servedTTL {
+					delete(l.m, k)
+				}
 			}
 		}
 		if len(l.m) >= servedCap {

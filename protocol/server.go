@@ -204,6 +204,7 @@ func (s *Server) accepted(caller peer.ID, ref datastore.Ref, taken map[string]in
 	}
 	granted, keeping, err := s.policy.Accepted(s.ctx, caller, ref, taken, distance)
 	if err != nil {
+		s.served.record(caller, ref, distance, time.Now()) // nothing granted: it may try again
 		return s.internal(err)
 	}
 	return &pb.Response{Status: pb.Status_OK, SharesGranted: granted, Keeping: keeping}

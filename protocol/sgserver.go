@@ -97,8 +97,8 @@ func (s *SgServer) Serve(id string) {
 	s.served[id] = true
 }
 
-// Stop stops answering syncgroup id's protocol: new streams for it are
-// refused. Streams already being answered finish.
+// Stop stops answering syncgroup id's protocol: new streams for it get the
+// unknown-syncgroup answer. Streams already being answered finish.
 func (s *SgServer) Stop(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -112,8 +112,6 @@ func (s *SgServer) Close() error {
 	s.closed = true
 	clear(s.served)
 	s.mu.Unlock()
-	// Not under mu: the mux holds its handler lock while it calls the match
-	// function, which takes mu (a lock-order inversion otherwise).
 	s.h.RemoveStreamHandler(sgPrefixID)
 	s.handlers.close()
 	return nil

@@ -123,38 +123,49 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	}
 	if run("fetcher") {
 		progress("fetcher: %d pending, %d scheduled", sizes.pending, sizes.scheduled)
-		r.Fetcher1MPendingMiB = fetcherPendingMiB(sizes.pending) * 1_000_000 / float64(sizes.pending)
-		r.FetcherSchedPerS = fetcherSchedPerS(sizes.scheduled)
+		mib, err := fetcherPendingMiB(sizes.pending)
+		if err != nil {
+			return fmt.Errorf("bench: fetcher: %w", err)
+		}
+		r.Fetcher1MPendingMiB = mib * 1_000_000 / float64(sizes.pending)
+		if r.FetcherSchedPerS, err = fetcherSchedPerS(ctx, sizes.scheduled); err != nil {
+			return fmt.Errorf("bench: fetcher: %w", err)
+		}
 	}
 
 	if c.json {
 		return writeJSON(e.stdout, r)
 	}
-	return printBench(e.stdout, r)
+	return printBench(e.stdout, r, run)
 }
 
-func printBench(w io.Writer, r benchResult) error {
+// printBench prints the figures as a table, each beside its target; those of
+// measurements not run (--only) as "-".
+func printBench(w io.Writer, r benchResult, ran func(measurement string) bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "METRIC\tVALUE\tTARGET\tMET\t")
-	row := func(name string, v float64, target string, met *bool) {
-		mark := ""
-		if met != nil {
-			mark = map[bool]string{true: "yes", false: "NO"}[*met]
+	row := func(measurement, name string, v float64, target string, met *bool) {
+		value, mark := "-", ""
+		if ran(measurement) {
+			value = fmt.Sprintf("%.2f", v)
+			if met != nil {
+				mark = map[bool]string{true: "yes", false: "NO"}[*met]
+			}
 		}
-		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%s\t\n", name, v, target, mark)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", name, value, target, mark)
 	}
 	is := func(b bool) *bool { return &b }
-	row("fetch_mbps", r.FetchMbps, "", nil)
-	row("raw_stream_mbps", r.RawStreamMbps, "", nil)
-	row("fetch_ratio", r.FetchRatio, "≥ 0.85", is(r.FetchRatio >= 0.85))
-	row("quic_fetch_mbps", r.QuicFetchMbps, "", nil)
-	row("quic_raw_stream_mbps", r.QuicRawStreamMbps, "", nil)
-	row("quic_fetch_ratio", r.QuicFetchRatio, "", nil)
-	row("replication_p50_ms", r.ReplicationP50ms, "< 50", is(r.ReplicationP50ms < 50))
-	row("replication_p99_ms", r.ReplicationP99ms, "< 250", is(r.ReplicationP99ms < 250))
-	row("small_blobs_per_s", r.SmallBlobsPerS, "≥ 2000", is(r.SmallBlobsPerS >= 2000))
-	row("fetcher_1m_pending_mib", r.Fetcher1MPendingMiB, "< 512", is(r.Fetcher1MPendingMiB < 512))
-	row("fetcher_sched_per_s", r.FetcherSchedPerS, "≥ 100000", is(r.FetcherSchedPerS >= 100_000))
+	row("fetch", "fetch_mbps", r.FetchMbps, "", nil)
+	row("fetch", "raw_stream_mbps", r.RawStreamMbps, "", nil)
+	row("fetch", "fetch_ratio", r.FetchRatio, "≥ 0.85", is(r.FetchRatio >= 0.85))
+	row("quic", "quic_fetch_mbps", r.QuicFetchMbps, "", nil)
+	row("quic", "quic_raw_stream_mbps", r.QuicRawStreamMbps, "", nil)
+	row("quic", "quic_fetch_ratio", r.QuicFetchRatio, "", nil)
+	row("replication", "replication_p50_ms", r.ReplicationP50ms, "< 50", is(r.ReplicationP50ms < 50))
+	row("replication", "replication_p99_ms", r.ReplicationP99ms, "< 250", is(r.ReplicationP99ms < 250))
+	row("small", "small_blobs_per_s", r.SmallBlobsPerS, "≥ 2000", is(r.SmallBlobsPerS >= 2000))
+	row("fetcher", "fetcher_1m_pending_mib", r.Fetcher1MPendingMiB, "< 512", is(r.Fetcher1MPendingMiB < 512))
+	row("fetcher", "fetcher_sched_per_s", r.FetcherSchedPerS, "≥ 100000", is(r.FetcherSchedPerS >= 100_000))
 	if err := tw.Flush(); err != nil {
 		return err
 	}

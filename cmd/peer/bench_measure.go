@@ -218,6 +218,9 @@ func (b *bencher) smallBlobs(n int) (float64, error) {
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("the server fetched %d of %d blobs in 5 minutes", server.node.Stats().BlobsFetched, n)
 		}
+		if err := b.ctx.Err(); err != nil {
+			return 0, err
+		}
 		time.Sleep(time.Millisecond)
 	}
 	return float64(n) / since(start), nil
@@ -237,8 +240,11 @@ func benchRef(i int) datastore.Ref {
 
 // fetcherPendingMiB measures the heap that n blobs pending in a Fetcher take
 // (waiting out a backoff, so none is fetched meanwhile), BlobRefs included.
-func fetcherPendingMiB(n int) float64 {
-	f, _ := fetcher.New(func(context.Context, datastore.Ref) error { return nil }, nopStore{})
+func fetcherPendingMiB(n int) (float64, error) {
+	f, err := fetcher.New(func(context.Context, datastore.Ref) error { return nil }, nopStore{})
+	if err != nil {
+		return 0, err
+	}
 	defer f.Close()
 	var before, after runtime.MemStats
 	runtime.GC()
@@ -249,31 +255,38 @@ func fetcherPendingMiB(n int) float64 {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	runtime.KeepAlive(f)
-	return float64(after.HeapAlloc-before.HeapAlloc) / (1 << 20)
+	return float64(after.HeapAlloc-before.HeapAlloc) / (1 << 20), nil
 }
 
 // fetcherSchedPerS measures how many blobs a Fetcher schedules, fetches (a
 // fetch that returns at once) and retires per second.
-func fetcherSchedPerS(n int) float64 {
+func fetcherSchedPerS(ctx context.Context, n int) (float64, error) {
 	refs := make([]datastore.Ref, n)
 	for i := range refs {
 		refs[i] = benchRef(i)
 	}
 	var done atomic.Int64
 	finished := make(chan struct{})
-	f, _ := fetcher.New(func(context.Context, datastore.Ref) error {
+	f, err := fetcher.New(func(context.Context, datastore.Ref) error {
 		if done.Add(1) == int64(n) {
 			close(finished)
 		}
 		return nil
 	}, nopStore{}, fetcher.Concurrency(64))
+	if err != nil {
+		return 0, err
+	}
 	defer f.Close()
 	start := time.Now()
 	for _, r := range refs {
 		f.StartWithAttempts(r, 0)
 	}
-	<-finished
-	return float64(n) / since(start)
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return float64(n) / since(start), nil
 }
 
 // percentileMS returns the p-th percentile of ds in milliseconds (nearest rank).

@@ -172,7 +172,7 @@ func cmdStatus(ctx context.Context, args []string, e env) error {
 		fmt.Fprintf(w, "listen    %s\n", a)
 	}
 	fmt.Fprintf(w, "peers     %d connected; DHT %s, %d servers known, %d records provided (%d failed)\n", len(st.Peers),
-		map[bool]string{true: "server", false: "client"}[st.DHT.Server], st.DHT.RoutingTable, st.DHT.Provided, st.DHT.Failed)
+		map[bool]string{true: "server", false: "auto"}[st.DHT.Server], st.DHT.RoutingTable, st.DHT.Provided, st.DHT.Failed)
 	for _, p := range st.Peers {
 		for _, a := range p.Addrs {
 			fmt.Fprintf(w, "          %s via %s\n", p.ID, a)

@@ -47,6 +47,11 @@ func cmdDaemon(ctx context.Context, args []string, e env) error {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, *logLevel)
 	}
+	if *metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(*metricsAddr); err != nil {
+			return fmt.Errorf("%w: --metrics %q: want HOST:PORT", errUsage, *metricsAddr)
+		}
+	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 	for _, b := range bootstrap {
 		if _, err := parsePeerAddr(b); err != nil {
@@ -79,6 +84,7 @@ func runDaemon(ctx context.Context, l layout, opts nodeOptions, log *slog.Logger
 	if err != nil {
 		return err
 	}
+	defer ln.Close() // closed by the server once it serves; here for the returns before
 	defer os.Remove(l.socket())
 	a := &api{node: rt.node, dht: rt.dht, log: log, started: time.Now()}
 	if opts.metrics != "" {

@@ -42,7 +42,8 @@ Commands:
   pin REF, unpin REF           keep a held blob here whatever its shares; release it
   gc                           drop copies this peer no longer owns (never the last copy)
   demo                         a local demonstration: a device and two servers on 127.0.0.1
-  bench [--quick]              the performance benchmarks, on 127.0.0.1
+  bench [--json] [--quick] [--only NAME] [--cpuprofile FILE]
+                               the performance benchmarks, on 127.0.0.1
 
 --data DIR defaults to $BLOBSYNC_DATA, else ~/.blobsync.
 `

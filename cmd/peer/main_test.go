@@ -160,10 +160,18 @@ func TestBenchJSONKeys(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	printBench(&out, benchResult{FetchRatio: 0.9, ReplicationP50ms: 80})
+	printBench(&out, benchResult{FetchRatio: 0.9, ReplicationP50ms: 80}, func(string) bool { return true })
 	for _, want := range []string{"fetch_ratio", "≥ 0.85", "yes", "replication_p50_ms", "< 50", "NO"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the table lacks %q:\n%s", want, out.String())
+		}
+	}
+	// A measurement not run (--only) shows no figure and no verdict.
+	out.Reset()
+	printBench(&out, benchResult{}, func(m string) bool { return m == "fetcher" })
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "replication_p50_ms") && (!strings.Contains(line, " - ") || strings.Contains(line, "yes") || strings.Contains(line, "NO")) {
+			t.Errorf("a measurement not run is shown as %q", line)
 		}
 	}
 }
