@@ -14,7 +14,8 @@ import (
 // metadata: no shares, and a sender that keeps its shares, and so its copy,
 // for ever. At start the node finds such blobs and finishes their fetches:
 // it acknowledges each to the locations its signpost names (only the peer
-// that served the transfer, within the ten minutes it remembers it, accepts)
+// that served the transfer, within the ten minutes it remembers it, accepts;
+// if the crash came after it granted the shares, it grants the same again)
 // and records the blob with what was granted.
 
 // maxRecoverAcks caps the locations asked to accept one recovered blob.

@@ -13,6 +13,17 @@ import (
 // blob, acknowledges it to the sender, which hands over its share, and
 // records it with that share.
 func TestRestartFinishesAFetchCutOffAfterItsInstall(t *testing.T) {
+	testRestartAfterInstall(t, false)
+}
+
+// A crash after the sender granted the share but before the fetcher recorded
+// it loses no share either: acknowledging the same transfer again repeats
+// the grant (and takes nothing more from the sender).
+func TestRestartFinishesAFetchCutOffAfterItsAcknowledgement(t *testing.T) {
+	testRestartAfterInstall(t, true)
+}
+
+func testRestartAfterInstall(t *testing.T, acknowledged bool) {
 	device := newNode(t)
 	fetcher, d, dir := newNodeParts(t)
 	group(t, device, RoleLeaf, map[*Node]Role{fetcher: RoleNormal})
@@ -33,6 +44,14 @@ func TestRestartFinishesAFetchCutOffAfterItsInstall(t *testing.T) {
 		t.Fatalf("before the restart the blob is recorded: %+v", meta)
 	}
 
+	if acknowledged {
+		if granted, _, err := fetcher.acknowledge(t.Context(), device.h.ID(), ref, got.Offered); err != nil || granted[testSG] != 1 {
+			t.Fatalf("acknowledge = %v, %v; want 1 share granted", granted, err)
+		}
+		if got := shares(t, device, ref); got != datastore.InitialShares-1 {
+			t.Fatalf("the device holds %d shares after granting one", got)
+		}
+	}
 	if err := fetcher.Close(); err != nil {
 		t.Fatal(err)
 	}

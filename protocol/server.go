@@ -188,8 +188,10 @@ func (s *Server) notFound(caller peer.ID, ref datastore.Ref) *pb.Response {
 }
 
 // accepted answers AcceptedBlobOwnership: only from a caller that may have
-// the blob (anyone else gets the unknown-blob answer), and only once for each
-// transfer of the blob to it that this Server completed.
+// the blob (anyone else gets the unknown-blob answer), and only for a
+// transfer of the blob to it that this Server completed. Each transfer is
+// granted once; acknowledging it again repeats that grant, so a recipient
+// that crashed before recording it can still learn what it was given.
 func (s *Server) accepted(caller peer.ID, ref datastore.Ref, taken map[string]int32) *pb.Response {
 	ok, err := s.policy.MayServe(s.ctx, caller, ref)
 	if err != nil {
@@ -198,15 +200,21 @@ func (s *Server) accepted(caller peer.ID, ref datastore.Ref, taken map[string]in
 	if !ok {
 		return &pb.Response{Status: pb.Status_NOT_FOUND}
 	}
-	distance, fetched := s.served.take(caller, ref, time.Now())
-	if !fetched {
+	e, fetched := s.served.ackBegin(caller, ref, time.Now())
+	switch {
+	case !fetched:
 		return &pb.Response{Status: pb.Status_BAD_REQUEST, Message: "no completed transfer of this blob to you to acknowledge"}
+	case e.state == ackGranted:
+		return &pb.Response{Status: pb.Status_OK, SharesGranted: e.answer.granted, Keeping: e.answer.keeping}
+	case e.state == ackPending:
+		return &pb.Response{Status: pb.Status_BUSY, Message: "this transfer is being acknowledged already"}
 	}
-	granted, keeping, err := s.policy.Accepted(s.ctx, caller, ref, taken, distance)
+	granted, keeping, err := s.policy.Accepted(s.ctx, caller, ref, taken, e.distance)
 	if err != nil {
-		s.served.record(caller, ref, distance, time.Now()) // nothing granted: it may try again
+		s.served.ackEnd(caller, ref, ackAnswer{}, false) // nothing granted: it may try again
 		return s.internal(err)
 	}
+	s.served.ackEnd(caller, ref, ackAnswer{granted: granted, keeping: keeping}, true)
 	return &pb.Response{Status: pb.Status_OK, SharesGranted: granted, Keeping: keeping}
 }
 
