@@ -35,9 +35,9 @@ type servedEntry struct {
 type ackState uint8
 
 const (
-	ackOpen     ackState = iota // transfer completed, not yet acknowledged
-	ackPending                  // an acknowledgement is being granted
-	ackGranted                  // granted: answer repeats for this transfer
+	ackOpen    ackState = iota // transfer completed, not yet acknowledged
+	ackPending                 // an acknowledgement is being granted
+	ackGranted                 // granted: answer repeats for this transfer
 )
 
 // ackAnswer is what an acknowledgement of a transfer was granted.
