@@ -210,7 +210,7 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress proto
 	if err != nil {
 		return 0, nil, fmt.Errorf("%w: %w", ErrLocal, err)
 	}
-	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sp.SgIDs), Progress: progress})
+	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sp.SgIDs), Progress: progress, Take: n.take})
 	if errors.Is(err, protocol.ErrNotFound) {
 		have, herr := n.client.HaveBlob(ctx, p, ref)
 		if herr != nil || have.Held { // gone meanwhile, or there now: try it again later
@@ -225,8 +225,10 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress proto
 	if err != nil {
 		return 0, nil, err
 	}
-	granted, keeping, ackErr := n.acknowledge(ctx, p, ref, got.Offered)
-	if err := n.recordFetched(ctx, ref, got.Size, p, granted, ackErr == nil && !keeping); err != nil {
+	if got.Ack.Err != nil {
+		n.cfg.log.Debug("ownership: acknowledging a fetch failed; the sender keeps its shares", "ref", ref, "peer", p, "err", got.Ack.Err)
+	}
+	if err := n.recordFetched(ctx, ref, got.Size, p, got.Ack.Granted, got.Ack.Err == nil && !got.Ack.Keeping); err != nil {
 		return 0, nil, err
 	}
 	return got.Size, nil, nil

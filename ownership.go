@@ -144,17 +144,23 @@ func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref,
 // granted and whether p keeps its copy. On failure p keeps its shares: the
 // blob keeps an owner.
 func (n *Node) acknowledge(ctx context.Context, p peer.ID, ref Ref, offered map[string]int32) (map[string]int32, bool, error) {
+	granted, keeping, err := n.client.AcceptBlobOwnership(ctx, p, ref, n.take(offered))
+	if err != nil {
+		n.cfg.log.Debug("ownership: acknowledging a fetch failed; the sender keeps its shares", "ref", ref, "peer", p, "err", err)
+	}
+	return granted, keeping, err
+}
+
+// take returns the shares offered that this peer takes: those of the
+// syncgroups it belongs to.
+func (n *Node) take(offered map[string]int32) map[string]int32 {
 	take := map[string]int32{}
 	for sg, k := range offered {
 		if _, member := n.groups.MyRole(sg); member {
 			take[sg] = k
 		}
 	}
-	granted, keeping, err := n.client.AcceptBlobOwnership(ctx, p, ref, take)
-	if err != nil {
-		n.cfg.log.Debug("ownership: acknowledging a fetch failed; the sender keeps its shares", "ref", ref, "peer", p, "err", err)
-	}
-	return granted, keeping, err
+	return take
 }
 
 // Shares returns this peer's ownership shares of ref per syncgroup.

@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"maps"
 
 	"github.com/libp2p/go-libp2p"
@@ -48,6 +49,7 @@ type config struct {
 	connLow   int
 	connHigh  int
 	userAgent string
+	metrics   bool
 }
 
 // Option configures New.
@@ -108,6 +110,14 @@ func UserAgent(ua string) Option {
 	return func(c *config) error { c.userAgent = ua; return nil }
 }
 
+// Metrics turns go-libp2p's own Prometheus metrics (resource manager, swarm,
+// identify…, registered with prometheus.DefaultRegisterer) on or off; they are
+// off by default: they cost CPU on every stream (the resource manager formats
+// a timestamp per event), worth paying only where they are served.
+func Metrics(on bool) Option {
+	return func(c *config) error { c.metrics = on; return nil }
+}
+
 // New builds a libp2p host with identity key: TCP and QUIC transports, TLS
 // (preferred) and Noise, yamux, a connection manager and a resource manager
 // with the configured protocol limits. No relays, no NAT port mapping.
@@ -142,7 +152,13 @@ func New(key crypto.PrivKey, opts ...Option) (host.Host, error) {
 		limits.AddServiceLimit(name, l.all(), rcmgr.BaseLimitIncrease{})
 		limits.AddServicePeerLimit(name, l.perPeer(), rcmgr.BaseLimitIncrease{})
 	}
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	var rmOpts []rcmgr.Option
+	metrics := libp2p.PrometheusRegisterer(prometheus.DefaultRegisterer)
+	if !c.metrics {
+		rmOpts = append(rmOpts, rcmgr.WithMetricsDisabled())
+		metrics = libp2p.DisableMetrics()
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rmOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("p2p: resource manager: %w", err)
 	}
@@ -163,6 +179,7 @@ func New(key crypto.PrivKey, opts ...Option) (host.Host, error) {
 		libp2p.ConnectionManager(cm),
 		libp2p.DisableRelay(),
 		libp2p.UserAgent(c.userAgent),
+		metrics,
 	)
 	if err != nil {
 		// libp2p.New closes rm and cm only on some failure paths (bad config,

@@ -62,6 +62,12 @@ func (c *Client) Stats() ClientStats {
 // within the request timeout. On success the caller owns the stream,
 // positioned at any raw bytes that follow, and must Close or Reset it.
 func (c *Client) call(ctx context.Context, p peer.ID, req *pb.Request) (network.Stream, *pb.Response, error) {
+	return c.callStream(ctx, p, req, true)
+}
+
+// callStream is call, leaving this side of the stream open for a request to
+// follow unless closeWrite.
+func (c *Client) callStream(ctx context.Context, p peer.ID, req *pb.Request, closeWrite bool) (network.Stream, *pb.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.requestTimeout)
 	defer cancel()
 	st, err := c.h.NewStream(ctx, p, ID)
@@ -72,7 +78,11 @@ func (c *Client) call(ctx context.Context, p peer.ID, req *pb.Request) (network.
 		return nil, nil, fmt.Errorf("peer %s: %w", p, err)
 	}
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
-	resp, err := exchange(st, req, time.Now().Add(c.cfg.requestTimeout))
+	err = st.Scope().SetService(ServiceName)
+	var resp *pb.Response
+	if err == nil {
+		resp, err = exchange(st, req, time.Now().Add(c.cfg.requestTimeout), closeWrite)
+	}
 	if !stop() { // ctx ended first and reset the stream
 		err = context.Cause(ctx)
 	}
@@ -86,18 +96,19 @@ func (c *Client) call(ctx context.Context, p peer.ID, req *pb.Request) (network.
 	return st, resp, nil
 }
 
-func exchange(st network.Stream, req *pb.Request, deadline time.Time) (*pb.Response, error) {
-	if err := st.Scope().SetService(ServiceName); err != nil {
-		return nil, err
-	}
+// exchange sends req on st and reads the response header by deadline,
+// closing this side of st after req if closeWrite.
+func exchange(st network.Stream, req *pb.Request, deadline time.Time, closeWrite bool) (*pb.Response, error) {
 	if err := st.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
 	if err := writeMsg(st, req); err != nil {
 		return nil, fmt.Errorf("sending request: %w", err)
 	}
-	if err := st.CloseWrite(); err != nil {
-		return nil, err
+	if closeWrite {
+		if err := st.CloseWrite(); err != nil {
+			return nil, err
+		}
 	}
 	var resp pb.Response
 	if err := readMsg(st, &resp, MaxResponseSize); err != nil {
@@ -134,6 +145,10 @@ type GetOptions struct {
 	// for ownership share offers.
 	Distance map[string]uint32
 	Progress Progress
+	// Take, if set, makes Fetch acknowledge the verified blob
+	// (AcceptedBlobOwnership) on the stream it came on: Take is given the
+	// shares offered and returns those to take. See Fetched.Ack.
+	Take func(offered map[string]int32) map[string]int32
 }
 
 // Got is what a GetBlob brought.
@@ -147,29 +162,40 @@ type Got struct {
 // On error Got still says how many bytes were written: a short stream leaves
 // w holding what arrived, for a later resume.
 func (c *Client) GetBlob(ctx context.Context, p peer.ID, ref datastore.Ref, offset int64, w io.Writer, opts GetOptions) (Got, error) {
-	if offset < 0 {
-		return Got{}, fmt.Errorf("offset %d: %w", offset, ErrOffsetOutOfRange)
+	got, st, err := c.getBlob(ctx, p, ref, offset, w, opts, false)
+	if st != nil {
+		st.Close()
 	}
-	st, resp, err := c.call(ctx, p, &pb.Request{Op: pb.Op_GET_BLOB, Ref: ref.Bytes(), Offset: uint64(offset), Distance: opts.Distance})
+	return got, err
+}
+
+// getBlob is GetBlob. With more, this side of the stream stays open for an
+// AcceptedBlobOwnership to follow: on success it returns the stream, which
+// the caller must Close or Reset.
+func (c *Client) getBlob(ctx context.Context, p peer.ID, ref datastore.Ref, offset int64, w io.Writer, opts GetOptions, more bool) (Got, network.Stream, error) {
+	if offset < 0 {
+		return Got{}, nil, fmt.Errorf("offset %d: %w", offset, ErrOffsetOutOfRange)
+	}
+	st, resp, err := c.callStream(ctx, p, &pb.Request{Op: pb.Op_GET_BLOB, Ref: ref.Bytes(), Offset: uint64(offset), Distance: opts.Distance}, !more)
 	if err != nil {
-		return Got{}, err
+		return Got{}, nil, err
 	}
 	if resp.GetStatus() != pb.Status_OK {
 		st.Close()
-		return Got{}, statusError(p, resp)
+		return Got{}, nil, statusError(p, resp)
 	}
 	total := resp.GetSize()
 	offered, err := sharesFromWire(resp.GetSharesOffered())
 	switch {
 	case err != nil:
 		st.Reset()
-		return Got{}, fmt.Errorf("peer %s: %w: shares offered: %v", p, ErrProtocol, err)
+		return Got{}, nil, fmt.Errorf("peer %s: %w: shares offered: %v", p, ErrProtocol, err)
 	case total > uint64(c.cfg.maxBlobSize):
 		st.Reset()
-		return Got{}, fmt.Errorf("peer %s: %w: %d bytes", p, ErrTooLarge, total)
+		return Got{}, nil, fmt.Errorf("peer %s: %w: %d bytes", p, ErrTooLarge, total)
 	case uint64(offset) > total || (offset > 0 && uint64(offset) == total):
 		st.Reset()
-		return Got{}, fmt.Errorf("peer %s: %w: sent data from offset %d of a %d-byte blob", p, ErrProtocol, offset, total)
+		return Got{}, nil, fmt.Errorf("peer %s: %w: sent data from offset %d of a %d-byte blob", p, ErrProtocol, offset, total)
 	}
 	got := Got{Size: int64(total), Offered: offered}
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
@@ -179,10 +205,9 @@ func (c *Client) GetBlob(ctx context.Context, p peer.ID, ref datastore.Ref, offs
 	}
 	if err != nil {
 		st.Reset()
-		return got, fmt.Errorf("peer %s: %w", p, err)
+		return got, nil, fmt.Errorf("peer %s: %w", p, err)
 	}
-	st.Close()
-	return got, nil
+	return got, st, nil
 }
 
 // AcceptBlobOwnership tells p that this peer verified and holds ref and took
@@ -193,11 +218,20 @@ func (c *Client) AcceptBlobOwnership(ctx context.Context, p peer.ID, ref datasto
 	if _, err := sharesFromWire(taken); err != nil {
 		return nil, false, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
-	st, resp, err := c.call(ctx, p, &pb.Request{Op: pb.Op_ACCEPTED_BLOB_OWNERSHIP, Ref: ref.Bytes(), SharesTaken: taken})
+	st, resp, err := c.call(ctx, p, acceptRequest(ref, taken))
 	if err != nil {
 		return nil, false, err
 	}
 	st.Close()
+	return acceptAnswer(p, resp, taken)
+}
+
+func acceptRequest(ref datastore.Ref, taken map[string]int32) *pb.Request {
+	return &pb.Request{Op: pb.Op_ACCEPTED_BLOB_OWNERSHIP, Ref: ref.Bytes(), SharesTaken: taken}
+}
+
+// acceptAnswer checks p's answer to an AcceptedBlobOwnership of taken.
+func acceptAnswer(p peer.ID, resp *pb.Response, taken map[string]int32) (map[string]int32, bool, error) {
 	if resp.GetStatus() != pb.Status_OK {
 		return nil, false, statusError(p, resp)
 	}
@@ -258,36 +292,53 @@ func (c *Client) receive(st network.Stream, w io.Writer, offset, size int64, pro
 type Fetched struct {
 	Size    int64
 	Offered map[string]int32 // shares the responder offers, now the blob is verified
+	Ack     Ack              // when GetOptions.Take was set
+}
+
+// Ack is the answer to the acknowledgement a Fetch made: the shares granted
+// and whether the responder keeps its copy, or why it failed (then the
+// responder keeps its shares).
+type Ack struct {
+	Granted map[string]int32
+	Keeping bool
+	Err     error
 }
 
 // Fetch fetches ref from p into store: it resumes from the partial file's
 // length, verifies the whole blob against ref and finalizes it. A partial file
 // the peer's copy cannot continue (longer than the blob, or a resumed blob
 // that fails verification) is discarded and the blob fetched once more from 0.
-// A peer whose bytes fail verification is named in a *BadDataError.
+// A peer whose bytes fail verification is named in a *BadDataError. With
+// opts.Take, the verified blob is then acknowledged to p (Fetched.Ack).
 func (c *Client) Fetch(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, opts GetOptions) (Fetched, error) {
-	got, resumed, err := c.fetchOnce(ctx, p, ref, store, opts)
+	got, st, resumed, err := c.fetchOnce(ctx, p, ref, store, opts)
 	if resumed && (errors.Is(err, datastore.ErrHashMismatch) || errors.Is(err, errPartialTooLong)) {
-		got, _, err = c.fetchOnce(ctx, p, ref, store, opts) // the partial was discarded: start from 0
+		got, st, _, err = c.fetchOnce(ctx, p, ref, store, opts) // the partial was discarded: start from 0
 	}
-	return got, err
+	if err != nil || opts.Take == nil {
+		return got, err
+	}
+	got.Ack = c.acknowledge(ctx, st, p, ref, opts.Take(got.Offered))
+	return got, nil
 }
 
 var errPartialTooLong = errors.New("partial file longer than the blob")
 
 // fetchOnce makes one attempt; resumed reports whether it began past byte 0.
-func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, opts GetOptions) (got Fetched, resumed bool, err error) {
+// With opts.Take it returns, on success, the stream the blob came on, open
+// for the acknowledgement (nil if no bytes needed sending).
+func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, store *datastore.BlobStore, opts GetOptions) (got Fetched, st network.Stream, resumed bool, err error) {
 	part, err := store.OpenPartial(ref)
 	if errors.Is(err, datastore.ErrBusy) {
-		return Fetched{}, false, err // another fetch of ref is writing it
+		return Fetched{}, nil, false, err // another fetch of ref is writing it
 	}
 	if err != nil {
-		return Fetched{}, false, localError(err)
+		return Fetched{}, nil, false, localError(err)
 	}
 	defer part.Close() // keeps what arrived, unless finalized or discarded
 	offset := part.Size()
 	resumed = offset > 0
-	g, err := c.GetBlob(ctx, p, ref, offset, part, opts)
+	g, st, err := c.getBlob(ctx, p, ref, offset, part, opts, opts.Take != nil)
 	got = Fetched{Size: g.Size, Offered: g.Offered}
 	var oe *OffsetError
 	if errors.As(err, &oe) && resumed {
@@ -296,20 +347,23 @@ func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, st
 			got, err = Fetched{Size: oe.Size}, nil
 		case oe.Size < offset:
 			if derr := part.Discard(); derr != nil {
-				return Fetched{}, resumed, localError(derr)
+				return Fetched{}, nil, resumed, localError(derr)
 			}
-			return Fetched{}, resumed, fmt.Errorf("blob %s: %w (%d > %d bytes); discarded", ref, errPartialTooLong, offset, oe.Size)
+			return Fetched{}, nil, resumed, fmt.Errorf("blob %s: %w (%d > %d bytes); discarded", ref, errPartialTooLong, offset, oe.Size)
 		}
 	}
 	if err != nil {
-		return got, resumed, err
+		return got, nil, resumed, err
 	}
 	if _, err := part.Finalize(); err != nil {
-		if errors.Is(err, datastore.ErrHashMismatch) {
-			return Fetched{}, resumed, &BadDataError{Peer: p, Ref: ref, ResumedAt: offset, ReceivedBytes: got.Size - offset}
+		if st != nil {
+			st.Reset()
 		}
-		return Fetched{}, resumed, localError(err)
+		if errors.Is(err, datastore.ErrHashMismatch) {
+			return Fetched{}, nil, resumed, &BadDataError{Peer: p, Ref: ref, ResumedAt: offset, ReceivedBytes: got.Size - offset}
+		}
+		return Fetched{}, nil, resumed, localError(err)
 	}
 	c.blobsFetched.Add(1)
-	return got, resumed, nil
+	return got, st, resumed, nil
 }

@@ -135,7 +135,11 @@ func (s *Server) handleStream(st network.Stream) error {
 		if err != nil {
 			return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
 		}
-		return s.getBlob(st, caller, ref, req.GetOffset(), distance)
+		sent, err := s.getBlob(st, caller, ref, req.GetOffset(), distance)
+		if err != nil || !sent {
+			return err
+		}
+		return s.ackOnStream(st, caller, ref)
 	case pb.Op_ACCEPTED_BLOB_OWNERSHIP:
 		taken, err := sharesFromWire(req.GetSharesTaken())
 		if err != nil {
@@ -218,35 +222,37 @@ func (s *Server) accepted(caller peer.ID, ref datastore.Ref, taken map[string]in
 	return &pb.Response{Status: pb.Status_OK, SharesGranted: granted, Keeping: keeping}
 }
 
-func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, offset uint64, distance map[string]uint32) error {
+// getBlob answers GetBlob; it reports whether all the bytes asked for were
+// sent (and the transfer recorded, for an acknowledgement to follow).
+func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, offset uint64, distance map[string]uint32) (bool, error) {
 	f, size, fail := s.open(caller, ref)
 	if fail != nil {
-		return writeMsg(st, fail)
+		return false, writeMsg(st, fail)
 	}
 	if f == nil {
-		return writeMsg(st, &pb.Response{Status: pb.Status_NOT_FOUND})
+		return false, writeMsg(st, &pb.Response{Status: pb.Status_NOT_FOUND})
 	}
 	defer f.Close()
 	if offset > 0 && offset >= uint64(size) {
-		return writeMsg(st, &pb.Response{Status: pb.Status_OFFSET_OUT_OF_RANGE, Size: uint64(size)})
+		return false, writeMsg(st, &pb.Response{Status: pb.Status_OFFSET_OUT_OF_RANGE, Size: uint64(size)})
 	}
 	if err := st.Scope().ReserveMemory(s.cfg.bufferSize, network.ReservationPriorityMedium); err != nil {
-		return writeMsg(st, &pb.Response{Status: pb.Status_BUSY, Message: "out of memory for transfers"})
+		return false, writeMsg(st, &pb.Response{Status: pb.Status_BUSY, Message: "out of memory for transfers"})
 	}
 	defer st.Scope().ReleaseMemory(s.cfg.bufferSize)
 	offered, err := s.policy.Offer(s.ctx, caller, ref, distance)
 	if err != nil {
-		return writeMsg(st, s.internal(err))
+		return false, writeMsg(st, s.internal(err))
 	}
 	if err := writeMsg(st, &pb.Response{Status: pb.Status_OK, Size: uint64(size), SharesOffered: offered}); err != nil {
-		return err
+		return false, err
 	}
 
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
 	g := newStallGuard(st, s.cfg)
 	if err := g.arm(time.Now()); err != nil {
-		return err
+		return false, err
 	}
 	want := size - int64(offset)
 	src := io.NewSectionReader(f, int64(offset), want)
@@ -256,11 +262,11 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 		if n > 0 {
 			if s.rate != nil {
 				if err := s.rate.WaitN(s.ctx, n); err != nil {
-					return err
+					return false, err
 				}
 			}
 			if _, err := g.Write((*bp)[:n]); err != nil {
-				return fmt.Errorf("sending %s: %w", ref, err)
+				return false, fmt.Errorf("sending %s: %w", ref, err)
 			}
 			sent += int64(n)
 			s.bytesSent.Add(int64(n))
@@ -269,16 +275,16 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 			break
 		}
 		if rerr != nil {
-			return fmt.Errorf("reading %s: %w", ref, rerr)
+			return false, fmt.Errorf("reading %s: %w", ref, rerr)
 		}
 	}
 	if sent != want {
 		// Reset, so the caller sees a short stream rather than a short blob.
-		return fmt.Errorf("reading %s: %d of %d bytes: the file shrank while served", ref, sent, want)
+		return false, fmt.Errorf("reading %s: %d of %d bytes: the file shrank while served", ref, sent, want)
 	}
 	s.blobsServed.Add(1)
 	s.served.record(caller, ref, distance, time.Now())
-	return nil
+	return true, nil
 }
 
 // internal logs err and answers INTERNAL without local details (paths).

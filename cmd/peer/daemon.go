@@ -188,6 +188,7 @@ func openNode(l layout, opts nodeOptions, log *slog.Logger) (*runningNode, error
 			Memory:                16 * protocol.MaxSgFrameSize,
 		}),
 		p2p.UserAgent("blobsync-peer"),
+		p2p.Metrics(opts.metrics != ""),
 	)
 	if err != nil {
 		d.Close()
