@@ -3,10 +3,14 @@ package blobsync
 import (
 	"context"
 	"errors"
+	"net"
+	"os"
 	"time"
 
 	"github.com/blobsync/blobsync/datastore"
 	"github.com/blobsync/blobsync/protocol"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -21,7 +25,7 @@ func newMetrics() *metrics {
 	return &metrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "blobsync", Name: "fetch_attempts_total",
-			Help: "Background fetch attempts, by result: ok, or the reason they failed.",
+			Help: "Background fetch attempts, by result: ok, or why they failed (canceled, local, bad_data, too_slow, protocol, busy, network, not_found, other).",
 		}, []string{"result"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "blobsync", Name: "fetch_duration_seconds",
@@ -56,10 +60,22 @@ func failureReason(err error) string {
 		return "protocol"
 	case errors.Is(err, protocol.ErrBusy), errors.Is(err, datastore.ErrBusy):
 		return "busy"
+	case transportFailure(err):
+		return "network"
 	case errors.Is(err, ErrNoLocation), errors.Is(err, protocol.ErrNotFound):
 		return "not_found"
 	}
 	return "other"
+}
+
+// transportFailure reports whether err is a peer unreachable or a stream
+// failing (reset, timed out) rather than anything a peer said.
+func transportFailure(err error) bool {
+	var se *network.StreamError
+	var de *swarm.DialError
+	var ne net.Error
+	return errors.Is(err, network.ErrReset) || errors.As(err, &se) || errors.As(err, &de) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 var (

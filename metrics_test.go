@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"testing"
 
 	"github.com/blobsync/blobsync/datastore"
 	"github.com/blobsync/blobsync/protocol"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )
 
 func TestFailureReason(t *testing.T) {
@@ -18,8 +21,11 @@ func TestFailureReason(t *testing.T) {
 		fmt.Errorf("x: %w", protocol.ErrTooSlow): "too_slow",
 		protocol.ErrProtocol:                     "protocol",
 		datastore.ErrBusy:                        "busy",
-		fmt.Errorf("blob: %w: %w", ErrNoLocation, protocol.ErrNotFound): "not_found",
-		errors.New("disk on fire"):                                      "other",
+		fmt.Errorf("blob: %w: %w", ErrNoLocation, protocol.ErrNotFound):  "not_found",
+		errors.New("disk on fire"):                                       "other",
+		fmt.Errorf("peer x: reading frame length: %w", network.ErrReset): "network",
+		fmt.Errorf("blob: %w: %w", ErrNoLocation, &swarm.DialError{}):    "network",
+		fmt.Errorf("x: %w", os.ErrDeadlineExceeded):                      "network",
 	} {
 		if got := failureReason(err); got != want {
 			t.Errorf("failureReason(%v) = %q, want %q", err, got, want)

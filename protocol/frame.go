@@ -32,7 +32,7 @@ func readMsg(r io.Reader, m proto.Message, maxSize int) error {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
-		return fmt.Errorf("%w: reading a %d-byte frame: %w", ErrProtocol, n, err)
+		return readError(fmt.Sprintf("reading a %d-byte frame", n), err)
 	}
 	if err := proto.Unmarshal(buf, m); err != nil {
 		return fmt.Errorf("%w: malformed message: %v", ErrProtocol, err)
@@ -49,7 +49,7 @@ func readUvarint(r io.Reader) (uint64, error) {
 			if i > 0 && errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			return 0, fmt.Errorf("%w: reading frame length: %w", ErrProtocol, err)
+			return 0, readError("reading frame length", err)
 		}
 		if i == binary.MaxVarintLen64-1 && b[0] > 1 {
 			return 0, fmt.Errorf("%w: frame length overflows 64 bits", ErrProtocol)
@@ -63,6 +63,16 @@ func readUvarint(r io.Reader) (uint64, error) {
 		x |= uint64(b[0]&0x7f) << (7 * i)
 	}
 	return 0, fmt.Errorf("%w: frame length overflows 64 bits", ErrProtocol)
+}
+
+// readError describes a failed read of a frame: a stream that ended early is
+// the peer's fault (ErrProtocol); a reset or a deadline is the transport's,
+// and is not labelled a protocol violation.
+func readError(what string, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: %s: %w", ErrProtocol, what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // writeMsg writes m to w as one varint-length-delimited frame, in one Write.
