@@ -13,11 +13,7 @@ import (
 func TestFaultSignpostPeersAllGone(t *testing.T) {
 	const size = 1 << 20
 	rng := rand.New(rand.NewPCG(6, 6))
-	device, normal, server := startChecked(t), startChecked(t), startChecked(t)
-	createGroup(t, device)
-	joinAs(t, normal, device, "normal")
-	joinAs(t, server, device, "server")
-	server.stop(t)
+	device, normal, server := groupWithServerAway(t)
 
 	path, data := seededFile(t, rng, size)
 	ref := putSG(t, device, path)
@@ -72,11 +68,7 @@ func TestFaultSignpostPeersAllGone(t *testing.T) {
 // device returns every blob arrives.
 func TestFaultPartitionHeals(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 7))
-	device, relay, server := startChecked(t), startChecked(t), startChecked(t)
-	createGroup(t, device)
-	joinAs(t, relay, device, "normal")
-	joinAs(t, server, device, "server")
-	server.stop(t)
+	device, relay, server := groupWithServerAway(t)
 
 	want := map[string][]byte{}
 	for i := range 5 {
@@ -183,4 +175,17 @@ func TestFaultNewHolderDuringAnAttempt(t *testing.T) {
 	t.Logf("fetched %v after the attempt failed", time.Since(killed).Round(time.Millisecond))
 	verifyHeld(t, server, ref, data)
 	checkInvariants(t, append(devices, server, late)...)
+}
+
+// groupWithServerAway starts a device's group with a normal member and a
+// server, then stops the server: it learns of what is put only when it
+// comes back.
+func groupWithServerAway(t *testing.T) (device, normal, server *daemon) {
+	t.Helper()
+	device, normal, server = startChecked(t), startChecked(t), startChecked(t)
+	createGroup(t, device)
+	joinAs(t, normal, device, "normal")
+	joinAs(t, server, device, "server")
+	server.stop(t)
+	return device, normal, server
 }

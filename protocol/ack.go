@@ -67,17 +67,18 @@ func (s *Server) ackOnStream(st network.Stream, caller peer.ID, ref datastore.Re
 	}
 	var req pb.Request
 	if err := readMsg(st, &req, MaxRequestSize); err != nil {
-		if errors.Is(err, io.EOF) {
+		switch {
+		case errors.Is(err, io.EOF):
 			return nil // no acknowledgement here
+		case errors.Is(err, ErrProtocol):
+			// Answered, not reset: a reset could cost the caller the blob's
+			// last bytes, still unread.
+			return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
 		}
 		return err
 	}
 	if req.GetOp() != pb.Op_ACCEPTED_BLOB_OWNERSHIP || !bytes.Equal(req.GetRef(), ref.Bytes()) {
 		return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: "only an AcceptedBlobOwnership of the blob sent may follow GetBlob"})
 	}
-	taken, err := sharesFromWire(req.GetSharesTaken())
-	if err != nil {
-		return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
-	}
-	return writeMsg(st, s.accepted(caller, ref, taken))
+	return writeMsg(st, s.accepted(caller, ref, req.GetSharesTaken()))
 }

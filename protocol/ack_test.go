@@ -140,6 +140,15 @@ func TestOnlyTheBlobsAcknowledgementMayFollowGetBlob(t *testing.T) {
 			t.Errorf("%s after GetBlob: %q (%v), want BAD_REQUEST", name, raw, err)
 		}
 	}
+	// A malformed follow-up is answered, not reset: a reset could cost the
+	// caller the blob's bytes it has not read yet.
+	for name, raw := range map[string][]byte{"a cut varint": {0x80}, "a frame over the cap": {0xff, 0xff, 0x03}, "a short frame": {0x05, 1}} {
+		got, err := getThen(raw)
+		var resp pb.Response
+		if err != nil || readMsg(bytes.NewReader(got), &resp, MaxResponseSize) != nil || resp.Status != pb.Status_BAD_REQUEST {
+			t.Errorf("%s after GetBlob: %q (%v), want BAD_REQUEST", name, got, err)
+		}
+	}
 	if len(a.policy.accepts) != 0 {
 		t.Fatalf("refused follow-ups were acknowledged: %+v", a.policy.accepts)
 	}

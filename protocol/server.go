@@ -141,11 +141,7 @@ func (s *Server) handleStream(st network.Stream) error {
 		}
 		return s.ackOnStream(st, caller, ref)
 	case pb.Op_ACCEPTED_BLOB_OWNERSHIP:
-		taken, err := sharesFromWire(req.GetSharesTaken())
-		if err != nil {
-			return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
-		}
-		return writeMsg(st, s.accepted(caller, ref, taken))
+		return writeMsg(st, s.accepted(caller, ref, req.GetSharesTaken()))
 	default:
 		return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: fmt.Sprintf("unknown op %d", req.GetOp())})
 	}
@@ -195,8 +191,13 @@ func (s *Server) notFound(caller peer.ID, ref datastore.Ref) *pb.Response {
 // the blob (anyone else gets the unknown-blob answer), and only for a
 // transfer of the blob to it that this Server completed. Each transfer is
 // granted once; acknowledging it again repeats that grant, so a recipient
-// that crashed before recording it can still learn what it was given.
-func (s *Server) accepted(caller peer.ID, ref datastore.Ref, taken map[string]int32) *pb.Response {
+// that crashed before recording it can still learn what it was given. The
+// shares taken are as received, and checked here.
+func (s *Server) accepted(caller peer.ID, ref datastore.Ref, wireTaken map[string]int32) *pb.Response {
+	taken, err := sharesFromWire(wireTaken)
+	if err != nil {
+		return &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)}
+	}
 	ok, err := s.policy.MayServe(s.ctx, caller, ref)
 	if err != nil {
 		return s.internal(err)
