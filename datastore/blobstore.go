@@ -126,6 +126,9 @@ func writeAndHash(f *os.File, r io.Reader) (Ref, int64, error) {
 	return RefFromDigest(d), n, nil
 }
 
+// writebackChunk is how much a put writes between writeback starts.
+const writebackChunk = 32 << 20
+
 // writebackWriter writes to f, starting writeback every writebackChunk.
 type writebackWriter struct {
 	f        *os.File
@@ -335,7 +338,7 @@ func (s *BlobStore) openPartial(ref Ref) (*Partial, error) {
 		f.Close()
 		return nil, fmt.Errorf("partial %s: %w", ref, err)
 	}
-	return &Partial{s: s, ref: ref, path: path, f: f, h: h, n: n, flush: n}, nil
+	return &Partial{s: s, ref: ref, path: path, f: f, w: newAppender(f, path, n, h), h: h, n: n}, nil
 }
 
 func (s *BlobStore) release(ref Ref) {

@@ -11,24 +11,23 @@ import (
 )
 
 // A Partial is an open partial file: a blob being received, appended to at its
-// end and hashed as it grows. It is not safe for concurrent use.
+// end and hashed as it grows. Its bytes reach the file behind the writer (see
+// appender), all of them by the time it ends. It is not safe for concurrent use.
 type Partial struct {
-	s     *BlobStore
-	ref   Ref
-	path  string
-	f     *os.File // nil once ended
-	h     *blake3.Hasher
-	n     int64
-	flush int64 // bytes below which writeback has been started
+	s    *BlobStore
+	ref  Ref
+	path string
+	f    *os.File // nil once ended
+	w    *appender
+	h    *blake3.Hasher
+	n    int64
 }
-
-// writebackChunk is how much is written between writeback starts.
-const writebackChunk = 32 << 20
 
 // Ref returns the BlobRef the partial file is expected to hash to.
 func (p *Partial) Ref() Ref { return p.ref }
 
-// Size returns how many bytes the partial file holds: the offset to resume from.
+// Size returns how many bytes the partial file holds, those still being
+// written included: the offset to resume from.
 func (p *Partial) Size() int64 { return p.n }
 
 // Write appends b to the partial file.
@@ -36,14 +35,22 @@ func (p *Partial) Write(b []byte) (int, error) {
 	if p.f == nil {
 		return 0, ErrClosed
 	}
-	n, err := p.f.Write(b)
-	p.h.Write(b[:n])
+	n, err := p.w.Write(b)
 	p.n += int64(n)
-	if p.n-p.flush >= writebackChunk {
-		startWriteback(p.f, p.flush, p.n-p.flush)
-		p.flush = p.n
-	}
 	return n, err
+}
+
+// sync writes what the appender still holds, fsyncs and closes the file.
+func (p *Partial) sync() error {
+	err := p.w.finish()
+	if err == nil {
+		err = p.f.Sync()
+	}
+	if cerr := p.f.Close(); err == nil {
+		err = cerr
+	}
+	p.f = nil
+	return err
 }
 
 // Finalize fsyncs the partial file and verifies it against its BlobRef. On a
@@ -54,12 +61,7 @@ func (p *Partial) Finalize() (int64, error) {
 		return 0, ErrClosed
 	}
 	defer p.end()
-	err := p.f.Sync()
-	if cerr := p.f.Close(); err == nil {
-		err = cerr
-	}
-	p.f = nil
-	if err != nil {
+	if err := p.sync(); err != nil { // hashes the last bytes
 		return 0, fmt.Errorf("finalize %s: %w", p.ref, err)
 	}
 	want := p.ref.Digest()
@@ -83,6 +85,8 @@ func (p *Partial) Discard() error {
 		return ErrClosed
 	}
 	defer p.end()
+	p.w.fail(ErrClosed) // nothing more is worth writing
+	p.w.finish()
 	p.f.Close()
 	p.f = nil
 	if err := os.Remove(p.path); err != nil {
@@ -100,6 +104,7 @@ func (p *Partial) Close() error {
 	}
 	defer p.end()
 	if p.n == 0 {
+		p.w.finish()
 		p.f.Close()
 		p.f = nil
 		if err := os.Remove(p.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -107,12 +112,7 @@ func (p *Partial) Close() error {
 		}
 		return nil
 	}
-	err := p.f.Sync()
-	if cerr := p.f.Close(); err == nil {
-		err = cerr
-	}
-	p.f = nil
-	return err
+	return p.sync()
 }
 
 func (p *Partial) end() { p.s.release(p.ref) }

@@ -264,9 +264,7 @@ func (c *Client) receive(st network.Stream, w io.Writer, offset, size int64, pro
 	var written int64
 	remaining := size - offset
 	for remaining > 0 {
-		// Fill the buffer before storing it: yamux hands over one frame (< 64 KiB)
-		// per Read, and every store call is a file write and a hash update.
-		n, rerr := io.ReadFull(g, buf[:min(int64(len(buf)), remaining)])
+		n, rerr := g.Read(buf[:min(int64(len(buf)), remaining)])
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
 				return written, localError(err)
@@ -278,10 +276,11 @@ func (c *Client) receive(st network.Stream, w io.Writer, offset, size int64, pro
 				progress(offset+written, size)
 			}
 		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+		switch {
+		case rerr == io.EOF && remaining == 0:
+		case rerr == io.EOF:
 			return written, fmt.Errorf("%w: stream ended %d bytes short of the %d announced", ErrProtocol, remaining, size)
-		}
-		if rerr != nil {
+		case rerr != nil:
 			return written, rerr
 		}
 	}

@@ -15,3 +15,17 @@ import (
 func startWriteback(f *os.File, off, n int64) {
 	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE) // advisory: fsync still decides
 }
+
+// errDirectUnsupported is what a direct write fails with when the file system
+// wants another alignment.
+var errDirectUnsupported error = unix.EINVAL
+
+// openDirect opens path for writing with O_DIRECT, or returns nil where the
+// file system does not take it.
+func openDirect(path string) *os.File {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return nil
+	}
+	return f
+}

@@ -1,0 +1,218 @@
+package datastore
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"unsafe"
+)
+
+// An appender hashes and writes a partial file's new bytes behind its
+// caller. Write copies them into aligned chunks; a full chunk goes to a
+// goroutine that hashes it and then to one that writes it, with direct I/O
+// where the file system allows it, while the caller goes on receiving. So the
+// stream, the hash and the disk work at once: measured here on a 1 GiB fetch,
+// hashing on the receiving goroutine took 0.8–1.0 s of its 1.6–1.9 s. And a
+// GiB written through the page cache cost 1.5 s of CPU, against 0.12 s with
+// O_DIRECT, on the two cores a fetch shares with its stream's encryption. A
+// blob smaller than a chunk starts no goroutine: finish hashes and writes it.
+// Not safe for concurrent use; h belongs to the appender until finish.
+type appender struct {
+	f           *os.File // the file, buffered: a resumed file's unaligned first chunk, the last chunk, any fallback
+	h           io.Writer
+	path        string   // for the direct descriptor, opened when first needed
+	direct      *os.File // O_DIRECT on the same file; nil until needed or where unsupported
+	tried       bool     // whether direct was tried
+	directBytes int64    // bytes written directly; by the writer
+
+	off int64  // the file offset cur starts at
+	cur []byte // the chunk being filled, aligned in memory; nil before the first Write
+	max int    // how full cur may get: a chunk, less any unaligned start
+
+	jobs   chan appendJob // to the hasher; nil until it starts
+	hashed chan appendJob // from the hasher to the writer
+	done   chan struct{}  // closed when the writer has ended
+	free   chan *[]byte   // chunks the writer has finished with
+
+	errMu sync.Mutex
+	err   error // the first write error; later chunks are not written
+}
+
+type appendJob struct {
+	buf *[]byte
+	off int64
+	n   int
+}
+
+const (
+	appendChunk = 1 << 20 // bytes per write behind the caller
+	appendDepth = 4       // chunks being hashed or written or waiting to, beyond the one filling
+	dioAlign    = 4096    // file offset, length and memory alignment for O_DIRECT
+)
+
+// appendBufs holds chunk buffers, each aligned to dioAlign within its slice.
+var appendBufs = sync.Pool{New: func() any {
+	b := make([]byte, appendChunk+dioAlign)
+	skip := (dioAlign - int(uintptr(unsafe.Pointer(&b[0]))%dioAlign)) % dioAlign
+	b = b[skip : skip+appendChunk : skip+appendChunk]
+	return &b
+}}
+
+// newAppender appends to f, at path and size bytes long, hashing into h.
+func newAppender(f *os.File, path string, size int64, h io.Writer) *appender {
+	return &appender{f: f, h: h, path: path, off: size}
+}
+
+// Write takes b, to be written at the end of what it took before.
+func (a *appender) Write(b []byte) (int, error) {
+	if err := a.failed(); err != nil {
+		return 0, err
+	}
+	n := len(b)
+	for len(b) > 0 {
+		if a.cur == nil {
+			a.take()
+		}
+		k := copy(a.cur[len(a.cur):a.max], b)
+		a.cur = a.cur[:len(a.cur)+k]
+		b = b[k:]
+		if len(a.cur) == a.max {
+			if err := a.hand(); err != nil {
+				return n - len(b), err
+			}
+		}
+	}
+	return n, nil
+}
+
+// take makes cur an empty chunk that ends at an aligned file offset.
+func (a *appender) take() {
+	var bp *[]byte
+	select {
+	case bp = <-a.free:
+	default:
+		bp = appendBufs.Get().(*[]byte)
+	}
+	a.cur = (*bp)[:0]
+	a.max = appendChunk - int(a.off%dioAlign)
+}
+
+// hand passes the full chunk on, starting the goroutines if needed, and
+// waits while appendDepth chunks are ahead of it.
+func (a *appender) hand() error {
+	if a.jobs == nil {
+		a.jobs = make(chan appendJob, 1)
+		a.hashed = make(chan appendJob, appendDepth-3)
+		a.done = make(chan struct{})
+		a.free = make(chan *[]byte, appendDepth+1)
+		go a.hash()
+		go a.write()
+	}
+	bp := a.chunk()
+	a.jobs <- appendJob{buf: bp, off: a.off, n: len(a.cur)}
+	a.off += int64(len(a.cur))
+	a.cur = nil
+	return a.failed()
+}
+
+// chunk returns the pointer the pool knows cur by.
+func (a *appender) chunk() *[]byte {
+	b := a.cur[:cap(a.cur)]
+	return &b
+}
+
+// hash is the hasher goroutine: it hashes the chunks handed to it, in order.
+func (a *appender) hash() {
+	defer close(a.hashed)
+	for j := range a.jobs {
+		a.h.Write((*j.buf)[:j.n])
+		a.hashed <- j
+	}
+}
+
+// write is the writer goroutine: it writes the hashed chunks, in order.
+func (a *appender) write() {
+	defer close(a.done)
+	for j := range a.hashed {
+		if a.failed() == nil {
+			if err := a.writeAt((*j.buf)[:j.n], j.off); err != nil {
+				a.fail(err)
+			}
+		}
+		select {
+		case a.free <- j.buf:
+		default:
+			appendBufs.Put(j.buf)
+		}
+	}
+}
+
+// writeAt writes b at off: directly when both are aligned and the file
+// system takes direct I/O, else through the page cache.
+func (a *appender) writeAt(b []byte, off int64) error {
+	if off%dioAlign == 0 && len(b)%dioAlign == 0 {
+		if !a.tried {
+			a.tried = true
+			a.direct = openDirect(a.path)
+		}
+		if a.direct != nil {
+			n, err := a.direct.WriteAt(b, off)
+			a.directBytes += int64(n)
+			if !errors.Is(err, errDirectUnsupported) {
+				return err
+			}
+			a.direct.Close() // this file system's alignment is not ours: buffered from now on
+			a.direct = nil
+		}
+	}
+	_, err := a.f.WriteAt(b, off)
+	if err == nil {
+		startWriteback(a.f, off, int64(len(b)))
+	}
+	return err
+}
+
+// finish waits for the goroutines, hashes and writes what is left in cur and
+// releases the chunks and the direct descriptor. It returns the first write
+// error.
+func (a *appender) finish() error {
+	if a.jobs != nil {
+		close(a.jobs)
+		<-a.done
+		for len(a.free) > 0 {
+			appendBufs.Put(<-a.free)
+		}
+		a.jobs = nil
+	}
+	if a.cur != nil {
+		a.h.Write(a.cur)
+		if len(a.cur) > 0 && a.failed() == nil {
+			if _, err := a.f.WriteAt(a.cur, a.off); err != nil {
+				a.fail(err)
+			}
+			a.off += int64(len(a.cur))
+		}
+		appendBufs.Put(a.chunk())
+		a.cur = nil
+	}
+	if a.direct != nil {
+		a.direct.Close()
+		a.direct = nil
+	}
+	return a.failed()
+}
+
+func (a *appender) failed() error {
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	return a.err
+}
+
+func (a *appender) fail(err error) {
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	if a.err == nil {
+		a.err = err
+	}
+}
