@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-
-	"lukechampine.com/blake3"
 )
 
 // A Partial is an open partial file: a blob being received, appended to at its
@@ -19,7 +17,7 @@ type Partial struct {
 	path string
 	f    *os.File // nil once ended
 	w    *appender
-	h    *blake3.Hasher
+	h    *serialHasher
 	n    int64
 }
 
