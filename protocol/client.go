@@ -264,6 +264,9 @@ func (c *Client) receive(st network.Stream, w io.Writer, offset, size int64, pro
 	var written int64
 	remaining := size - offset
 	for remaining > 0 {
+		// Each read is handed over as it comes (one yamux frame, < 64 KiB):
+		// the store only copies it, hashing and writing behind, and reading
+		// on at once is what lets yamux grow the stream's window.
 		n, rerr := g.Read(buf[:min(int64(len(buf)), remaining)])
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
