@@ -26,14 +26,16 @@ type appender struct {
 	tried       bool     // whether direct was tried
 	directBytes int64    // bytes written directly; by the writer
 
-	off int64  // the file offset cur starts at
-	cur []byte // the chunk being filled, aligned in memory; nil before the first Write
-	max int    // how full cur may get: a chunk, less any unaligned start
+	off int64   // the file offset cur starts at
+	buf *[]byte // cur's buffer, from appendBufs; nil before the first Write
+	cur []byte  // the chunk being filled, aligned in memory
+	max int     // how full cur may get: a chunk, less any unaligned start
 
+	// At most four chunks are ahead of the one filling: one waiting for and
+	// one in the hasher, one waiting for and one in the writer.
 	jobs   chan appendJob // to the hasher; nil until it starts
 	hashed chan appendJob // from the hasher to the writer
 	done   chan struct{}  // closed when the writer has ended
-	free   chan *[]byte   // chunks the writer has finished with
 
 	errMu sync.Mutex
 	err   error // the first write error; later chunks are not written
@@ -47,7 +49,6 @@ type appendJob struct {
 
 const (
 	appendChunk = 1 << 20 // bytes per write behind the caller
-	appendDepth = 4       // chunks being hashed or written or waiting to, beyond the one filling
 	dioAlign    = 4096    // file offset, length and memory alignment for O_DIRECT
 )
 
@@ -71,7 +72,7 @@ func (a *appender) Write(b []byte) (int, error) {
 	}
 	n := len(b)
 	for len(b) > 0 {
-		if a.cur == nil {
+		if a.buf == nil {
 			a.take()
 		}
 		k := copy(a.cur[len(a.cur):a.max], b)
@@ -88,38 +89,25 @@ func (a *appender) Write(b []byte) (int, error) {
 
 // take makes cur an empty chunk that ends at an aligned file offset.
 func (a *appender) take() {
-	var bp *[]byte
-	select {
-	case bp = <-a.free:
-	default:
-		bp = appendBufs.Get().(*[]byte)
-	}
-	a.cur = (*bp)[:0]
+	a.buf = appendBufs.Get().(*[]byte)
+	a.cur = (*a.buf)[:0]
 	a.max = appendChunk - int(a.off%dioAlign)
 }
 
 // hand passes the full chunk on, starting the goroutines if needed, and
-// waits while appendDepth chunks are ahead of it.
+// waits while four chunks are ahead of it.
 func (a *appender) hand() error {
 	if a.jobs == nil {
 		a.jobs = make(chan appendJob, 1)
-		a.hashed = make(chan appendJob, appendDepth-3)
+		a.hashed = make(chan appendJob, 1)
 		a.done = make(chan struct{})
-		a.free = make(chan *[]byte, appendDepth+1)
 		go a.hash()
 		go a.write()
 	}
-	bp := a.chunk()
-	a.jobs <- appendJob{buf: bp, off: a.off, n: len(a.cur)}
+	a.jobs <- appendJob{buf: a.buf, off: a.off, n: len(a.cur)}
 	a.off += int64(len(a.cur))
-	a.cur = nil
+	a.buf, a.cur = nil, nil
 	return a.failed()
-}
-
-// chunk returns the pointer the pool knows cur by.
-func (a *appender) chunk() *[]byte {
-	b := a.cur[:cap(a.cur)]
-	return &b
 }
 
 // hash is the hasher goroutine: it hashes the chunks handed to it, in order.
@@ -140,11 +128,7 @@ func (a *appender) write() {
 				a.fail(err)
 			}
 		}
-		select {
-		case a.free <- j.buf:
-		default:
-			appendBufs.Put(j.buf)
-		}
+		appendBufs.Put(j.buf)
 	}
 }
 
@@ -180,12 +164,9 @@ func (a *appender) finish() error {
 	if a.jobs != nil {
 		close(a.jobs)
 		<-a.done
-		for len(a.free) > 0 {
-			appendBufs.Put(<-a.free)
-		}
 		a.jobs = nil
 	}
-	if a.cur != nil {
+	if a.buf != nil {
 		a.h.Write(a.cur)
 		if len(a.cur) > 0 && a.failed() == nil {
 			if _, err := a.f.WriteAt(a.cur, a.off); err != nil {
@@ -193,8 +174,8 @@ func (a *appender) finish() error {
 			}
 			a.off += int64(len(a.cur))
 		}
-		appendBufs.Put(a.chunk())
-		a.cur = nil
+		appendBufs.Put(a.buf)
+		a.buf, a.cur = nil, nil
 	}
 	if a.direct != nil {
 		a.direct.Close()

@@ -2,7 +2,6 @@ package p2p
 
 import (
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"maps"
 
 	"github.com/libp2p/go-libp2p"
@@ -17,6 +16,7 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ProtocolLimit bounds what peers may use of one protocol.
