@@ -178,7 +178,7 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 		p := queue[0]
 		queue = queue[1:]
 		tried[p] = true
-		size, more, err := n.fetchFrom(ctx, p, ref, progress)
+		size, more, err := n.fetchFrom(ctx, p, ref, sp.SgIDs, progress)
 		if err == nil {
 			return size, nil
 		}
@@ -200,17 +200,13 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 	return 0, fmt.Errorf("blob %s: %w: %w", ref, ErrNoLocation, errors.Join(errs...))
 }
 
-// fetchFrom fetches ref from p. If p has not got it, p's signpost is asked
-// for (HaveBlob) and the locations this peer can vouch for are merged into
-// ours and returned. After a verified fetch it acknowledges it to p, taking
+// fetchFrom fetches ref, learned in syncgroups sgIDs, from p. If p has not
+// got it, p's signpost is asked for (HaveBlob) and the locations this peer
+// can vouch for are merged into ours and returned. After a verified fetch it acknowledges it to p, taking
 // the shares p offered, and records the blob, the shares and, if p will not
 // keep its copy, p's removal from the signpost, in one commit.
-func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, progress protocol.Progress) (int64, []datastore.Location, error) {
-	sp, _, err := n.meta.Signpost(ctx, ref)
-	if err != nil {
-		return 0, nil, fmt.Errorf("%w: %w", ErrLocal, err)
-	}
-	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sp.SgIDs), Progress: progress, Take: n.take})
+func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, sgIDs []string, progress protocol.Progress) (int64, []datastore.Location, error) {
+	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sgIDs), Progress: progress, Take: n.take})
 	if errors.Is(err, protocol.ErrNotFound) {
 		have, herr := n.client.HaveBlob(ctx, p, ref)
 		if herr != nil || have.Held { // gone meanwhile, or there now: try it again later

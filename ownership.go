@@ -111,6 +111,13 @@ func (p policy) Offer(ctx context.Context, caller peer.ID, ref datastore.Ref, di
 // (its role; the distance it gave when it fetched) and what it has, and
 // records caller as a holder. The Server calls it only for a caller that
 // completed a transfer of ref, once per transfer.
+//
+// The grant is not waited on to reach the disk: that would put an fsync on
+// every fetch's path, and losing it in a crash is harmless. This peer then
+// has its shares back (an extra owner, never a missing one) and no record of
+// the holder, so gc keeps its copy; the caller installed the blob durably
+// before acknowledging it, and records what it was granted. The next durable
+// write here (a put, a fetch's record) takes the grant along.
 func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32, distance map[string]uint32) (map[string]int32, bool, error) {
 	sp, _, err := p.n.meta.Signpost(ctx, ref)
 	if err != nil {
@@ -120,7 +127,7 @@ func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref,
 	// relies on holders, and anyone may fetch a public blob.
 	member := slices.ContainsFunc(sp.SgIDs, func(sg string) bool { return p.n.groups.IsMember(sg, caller) })
 	granted := map[string]int32{}
-	meta, err := p.n.meta.UpdateBlobMeta(ctx, ref, func(m *datastore.BlobMeta) bool {
+	meta, err := p.n.meta.UpdateBlobMetaUnsynced(ctx, ref, func(m *datastore.BlobMeta) bool {
 		for sg, want := range taken {
 			role, member := p.n.groups.Role(sg, caller)
 			if !member {

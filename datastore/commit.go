@@ -5,6 +5,9 @@ import (
 	"sync"
 
 	ds "github.com/ipfs/go-datastore"
+	dsleveldb "github.com/ipfs/go-ds-leveldb"
+	"github.com/syndtr/goleveldb/leveldb"
+	"github.com/syndtr/goleveldb/leveldb/opt"
 )
 
 // committer writes to a datastore by group commit: writers that arrive while
@@ -15,6 +18,7 @@ import (
 // the queue is empty: no background goroutine.
 type committer struct {
 	ds      ds.Batching
+	ldb     *leveldb.DB // ds's own, if ds is go-ds-leveldb's: for commitUnsynced
 	mu      sync.Mutex
 	leading bool
 	pending []*commitReq
@@ -84,4 +88,31 @@ func (c *committer) write(ctx context.Context, batch []*commitReq) error {
 		}
 	}
 	return b.Commit(ctx)
+}
+
+// leveldbOf returns d's leveldb if d is go-ds-leveldb's Datastore, else nil.
+func leveldbOf(d ds.Batching) *leveldb.DB {
+	if l, ok := d.(*dsleveldb.Datastore); ok {
+		return l.DB
+	}
+	return nil
+}
+
+// commitUnsynced writes ops, all or none, without waiting for the disk: a
+// crash may lose them until a later commit is durable, and that commit makes
+// them durable too (leveldb journals writes in order). For changes whose loss
+// is harmless; on a datastore other than go-ds-leveldb it is commit.
+func (c *committer) commitUnsynced(ctx context.Context, ops ...writeOp) error {
+	if c.ldb == nil {
+		return c.commit(ctx, ops...)
+	}
+	var b leveldb.Batch
+	for _, op := range ops {
+		if op.del {
+			b.Delete(op.key.Bytes()) // go-ds-leveldb's own key encoding
+		} else {
+			b.Put(op.key.Bytes(), op.value)
+		}
+	}
+	return c.ldb.Write(&b, &opt.WriteOptions{Sync: false})
 }

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	ds "github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // countingDS counts batch commits and can fail them.
@@ -82,5 +85,61 @@ func TestGroupCommitFailureReachesEveryWriter(t *testing.T) {
 	}
 	if _, found, _ := m.Signpost(t.Context(), RefOf([]byte("0"))); found {
 		t.Fatal("a failed commit stored a record")
+	}
+}
+
+// An unsynced update on go-ds-leveldb goes straight to its leveldb, under
+// the key encoding the datastore reads back, and survives a reopen.
+func TestUnsyncedUpdateOnLevelDB(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "datastore")
+	m, closeDS := levelStore(t, dir)
+	if m.w.ldb == nil {
+		t.Fatal("go-ds-leveldb's leveldb not found: unsynced writes would sync")
+	}
+	ref, other := RefOf([]byte("granted")), RefOf([]byte("untouched"))
+	grant := func(b *BlobMeta) bool {
+		b.Shares = map[string]int32{"/blobsync/sg/x": 0}
+		return b.AddHolder("server")
+	}
+	got, err := m.UpdateBlobMetaUnsynced(t.Context(), ref, grant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now, _, _ := m.BlobMeta(t.Context(), ref); !now.Equal(got) || len(now.Holders) != 1 {
+		t.Fatalf("read back %+v, wrote %+v", now, got)
+	}
+	if _, err := m.UpdateBlobMetaUnsynced(t.Context(), other, func(*BlobMeta) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	closeDS()
+
+	m, closeDS = levelStore(t, dir)
+	defer closeDS()
+	after, found, err := m.BlobMeta(t.Context(), ref)
+	if err != nil || !found || !after.Equal(got) {
+		t.Fatalf("after reopen: %+v, %v, %v; want %+v", after, found, err, got)
+	}
+	if _, found, _ := m.BlobMeta(t.Context(), other); found {
+		t.Fatal("an update that changed nothing wrote a record")
+	}
+}
+
+// On another datastore an unsynced update is an ordinary durable commit.
+func TestUnsyncedUpdateElsewhereCommits(t *testing.T) {
+	d := &countingDS{Batching: dssync.MutexWrap(ds.NewMapDatastore())}
+	m := NewMetaStore(d)
+	ref := RefOf([]byte("granted"))
+	if _, err := m.UpdateBlobMetaUnsynced(t.Context(), ref, func(b *BlobMeta) bool { return b.AddHolder("server") }); err != nil {
+		t.Fatal(err)
+	}
+	if c := d.commits.Load(); c != 1 {
+		t.Fatalf("%d commits, want 1", c)
+	}
+	d.fail.Store(true)
+	if _, err := m.UpdateBlobMetaUnsynced(t.Context(), ref, func(b *BlobMeta) bool { return b.AddHolder("other") }); err == nil {
+		t.Fatal("a failed commit was not reported")
+	}
+	if meta, _, _ := m.BlobMeta(t.Context(), ref); !slices.Equal(meta.Holders, []peer.ID{"server"}) {
+		t.Fatalf("holders after a failed commit = %v", meta.Holders)
 	}
 }

@@ -51,28 +51,35 @@ func (h *serialHasher) push(b *[group]byte) {
 }
 
 func (h *serialHasher) pushSubtree(cv [8]uint32, height int) {
+	pushSubtree(&h.stack, &h.counter, cv, height)
+}
+
+// pushSubtree adds the subtree cv of height to the stack of subtree roots,
+// merging equal heights, and counts its chunks.
+func pushSubtree(stack *[64][8]uint32, counter *uint64, cv [8]uint32, height int) {
 	i := height
-	for h.counter&(1<<i) != 0 {
-		cv = guts.ChainingValue(guts.ParentNode(h.stack[i], cv, &guts.IV, 0))
+	for *counter&(1<<i) != 0 {
+		cv = guts.ChainingValue(guts.ParentNode(stack[i], cv, &guts.IV, 0))
 		i++
 	}
-	h.stack[i] = cv
-	h.counter += 1 << height
+	stack[i] = cv
+	*counter += 1 << height
 }
 
 // Sum appends the 32-byte digest of everything written to b. It does not
-// change the hasher's state.
+// change the hasher's state: it works on a copy of the stack, not of the
+// whole hasher, whose 16 KiB buffer would grow the goroutine's stack.
 func (h *serialHasher) Sum(b []byte) []byte {
-	c := *h
-	rest := c.buf[:c.buflen]
+	stack, counter := h.stack, h.counter
+	rest := h.buf[:h.buflen]
 	for len(rest) > guts.ChunkSize { // every chunk but the last
-		c.pushSubtree(guts.ChainingValue(guts.CompressChunk(rest[:guts.ChunkSize], &guts.IV, c.counter, 0)), 0)
+		pushSubtree(&stack, &counter, guts.ChainingValue(guts.CompressChunk(rest[:guts.ChunkSize], &guts.IV, counter, 0)), 0)
 		rest = rest[guts.ChunkSize:]
 	}
-	n := guts.CompressChunk(rest, &guts.IV, c.counter, 0)
-	for i := bits.TrailingZeros64(c.counter); i < bits.Len64(c.counter); i++ {
-		if c.counter&(1<<i) != 0 {
-			n = guts.ParentNode(c.stack[i], guts.ChainingValue(n), &guts.IV, 0)
+	n := guts.CompressChunk(rest, &guts.IV, counter, 0)
+	for i := bits.TrailingZeros64(counter); i < bits.Len64(counter); i++ {
+		if counter&(1<<i) != 0 {
+			n = guts.ParentNode(stack[i], guts.ChainingValue(n), &guts.IV, 0)
 		}
 	}
 	n.Flags |= guts.FlagRoot

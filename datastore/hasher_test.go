@@ -61,3 +61,21 @@ func BenchmarkSerialHasher(b *testing.B) {
 		h.Write(data)
 	}
 }
+
+// BenchmarkSerialHasherSmall hashes a 4 KiB blob on a new goroutine, as each
+// fetch does: Sum's working set decides whether the goroutine's stack grows.
+func BenchmarkSerialHasherSmall(b *testing.B) {
+	data := randomBytes(b, 4<<10)
+	b.SetBytes(int64(len(data)))
+	done := make(chan struct{})
+	for b.Loop() {
+		go func() {
+			h := newSerialHasher()
+			h.Write(data)
+			var d [DigestSize]byte
+			h.Sum(d[:0])
+			done <- struct{}{}
+		}()
+		<-done
+	}
+}

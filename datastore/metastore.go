@@ -36,7 +36,7 @@ type MetaStore struct {
 
 // NewMetaStore returns a MetaStore on d. It does not close d.
 func NewMetaStore(d ds.Batching) *MetaStore {
-	return &MetaStore{ds: d, w: committer{ds: d}, seed: maphash.MakeSeed()}
+	return &MetaStore{ds: d, w: committer{ds: d, ldb: leveldbOf(d)}, seed: maphash.MakeSeed()}
 }
 
 func signpostKey(ref Ref) ds.Key { return ds.RawKey(signpostPrefix + ref.String()) }
@@ -192,6 +192,17 @@ func (m *MetaStore) BlobMeta(ctx context.Context, ref Ref) (meta BlobMeta, found
 // result if fn reports a change. Updates of one ref are serialised, so a
 // read-modify-write of its shares is atomic.
 func (m *MetaStore) UpdateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMeta) bool) (BlobMeta, error) {
+	return m.updateBlobMeta(ctx, ref, fn, m.w.commit)
+}
+
+// UpdateBlobMetaUnsynced is UpdateBlobMeta for a change whose loss in a
+// crash is harmless: it returns once the change is written and visible, not
+// once it is on disk (the next durable write of this store takes it along).
+func (m *MetaStore) UpdateBlobMetaUnsynced(ctx context.Context, ref Ref, fn func(*BlobMeta) bool) (BlobMeta, error) {
+	return m.updateBlobMeta(ctx, ref, fn, m.w.commitUnsynced)
+}
+
+func (m *MetaStore) updateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMeta) bool, commit func(context.Context, ...writeOp) error) (BlobMeta, error) {
 	unlock := m.lock(ref)
 	defer unlock()
 	meta, _, err := m.BlobMeta(ctx, ref)
@@ -201,7 +212,7 @@ func (m *MetaStore) UpdateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMe
 	if !fn(&meta) {
 		return meta, nil
 	}
-	if err := m.w.commit(ctx, writeOp{key: blobKey(ref), value: encodeBlobMeta(meta)}); err != nil {
+	if err := commit(ctx, writeOp{key: blobKey(ref), value: encodeBlobMeta(meta)}); err != nil {
 		return BlobMeta{}, fmt.Errorf("blob metadata %s: %w", ref, err)
 	}
 	return meta, nil
