@@ -222,7 +222,7 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, sgIDs []string
 		return 0, nil, err
 	}
 	if got.Ack.Err != nil {
-		n.cfg.log.Debug("ownership: acknowledging a fetch failed; the sender keeps its shares", "ref", ref, "peer", p, "err", got.Ack.Err)
+		n.ackFailed(ref, p, got.Ack.Err)
 	}
 	if err := n.recordFetched(ctx, ref, got.Size, p, got.Ack.Granted, got.Ack.Err == nil && !got.Ack.Keeping); err != nil {
 		return 0, nil, err

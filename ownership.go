@@ -153,9 +153,14 @@ func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref,
 func (n *Node) acknowledge(ctx context.Context, p peer.ID, ref Ref, offered map[string]int32) (map[string]int32, bool, error) {
 	granted, keeping, err := n.client.AcceptBlobOwnership(ctx, p, ref, n.take(offered))
 	if err != nil {
-		n.cfg.log.Debug("ownership: acknowledging a fetch failed; the sender keeps its shares", "ref", ref, "peer", p, "err", err)
+		n.ackFailed(ref, p, err)
 	}
 	return granted, keeping, err
+}
+
+// ackFailed logs an acknowledgement to p that failed.
+func (n *Node) ackFailed(ref Ref, p peer.ID, err error) {
+	n.cfg.log.Debug("ownership: acknowledging a fetch failed; the sender keeps its shares", "ref", ref, "peer", p, "err", err)
 }
 
 // take returns the shares offered that this peer takes: those of the

@@ -21,17 +21,14 @@ import (
 // maxRecoverAcks caps the locations asked to accept one recovered blob.
 const maxRecoverAcks = 8
 
-// startHeld is the start-up pass over the blobs held here, in one listing:
-// it finishes every fetch a crash cut off after its install (which provides
-// the blob, if served), and provides the other blobs this node serves.
+// startHeld is the start-up pass over the blobs held here when the store was
+// opened (the listing made then): it finishes every fetch a crash cut off
+// after its install (which provides the blob, if served), and provides the
+// other blobs this node serves. A blob this run installed is not in the
+// listing, so a fetch under way is never taken for one cut off.
 func (n *Node) startHeld(ctx context.Context) {
-	held, err := n.blobs.List()
-	if err != nil {
-		n.cfg.log.Warn("recovery: listing blobs", "err", err)
-		return
-	}
 	recovered := 0
-	for _, b := range held {
+	for _, b := range n.blobs.TakeOpenListing() {
 		if ctx.Err() != nil {
 			return
 		}

@@ -30,6 +30,7 @@ type BlobStore struct {
 	writing map[Ref]struct{} // refs whose partial file is open
 
 	held, heldBytes atomic.Int64 // verified blobs held, and their bytes
+	atOpen          []BlobInfo   // the listing made at open, until taken; under mu
 }
 
 const (
@@ -66,7 +67,20 @@ func OpenBlobStore(dir string) (*BlobStore, error) {
 		s.held.Add(1)
 		s.heldBytes.Add(b.Size)
 	}
+	s.atOpen = blobs
 	return s, nil
+}
+
+// TakeOpenListing returns the blobs held when the store was opened, from the
+// listing made then to count them, and forgets it; later calls return nil.
+// A start-up pass needs no second walk of the store, and sees no blob
+// installed since the open.
+func (s *BlobStore) TakeOpenListing() []BlobInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.atOpen
+	s.atOpen = nil
+	return l
 }
 
 // Held returns how many verified blobs the store holds and their bytes,

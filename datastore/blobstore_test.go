@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -427,4 +428,44 @@ func BenchmarkInstallSmallBlobs(b *testing.B) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "blobs/s")
+}
+
+// The listing made at open is handed out once, and holds what was there
+// then: not a blob stored since, nor a partial file.
+func TestTakeOpenListing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "blobs")
+	s, err := OpenBlobStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := randomBytes(t, 100), randomBytes(t, 200)
+	refA, _, errA := s.Put(bytes.NewReader(a))
+	refB, _, errB := s.Put(bytes.NewReader(b))
+	p, errP := s.OpenPartial(RefOf([]byte("half")))
+	if err := errors.Join(errA, errB, errP); err != nil {
+		t.Fatal(err)
+	}
+	p.Write([]byte("ha"))
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if l := s.TakeOpenListing(); len(l) != 0 {
+		t.Fatalf("an empty store's listing = %v", l)
+	}
+
+	s, err = OpenBlobStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Put(bytes.NewReader(randomBytes(t, 300))); err != nil {
+		t.Fatal(err)
+	}
+	got := s.TakeOpenListing()
+	slices.SortFunc(got, func(x, y BlobInfo) int { return int(x.Size - y.Size) })
+	if want := []BlobInfo{{refA, 100}, {refB, 200}}; !slices.Equal(got, want) {
+		t.Fatalf("listing = %v, want %v", got, want)
+	}
+	if again := s.TakeOpenListing(); again != nil {
+		t.Fatalf("second take = %v, want nil", again)
+	}
 }
