@@ -9,10 +9,11 @@ import (
 )
 
 // Crash recovery. A fetch installs the verified blob, then acknowledges it to
-// the sender (taking the shares offered) and records it here in one commit.
-// A crash between the install and that commit leaves a held blob with no
-// metadata: no shares, and a sender that keeps its shares, and so its copy,
-// for ever. At start the node finds such blobs and finishes their fetches:
+// the sender (taking the shares offered) and records it here in one write,
+// which does not wait for the disk. A crash between the install and that
+// write, or a power cut before the write reaches the disk, leaves a held
+// blob with no metadata: no shares here, and none recorded as granted. At
+// start the node finds such blobs and finishes their fetches:
 // it acknowledges each to the locations its signpost names (only the peer
 // that served the transfer, within the ten minutes it remembers it, accepts;
 // if the crash came after it granted the shares, it grants the same again)

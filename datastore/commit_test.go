@@ -111,6 +111,13 @@ func TestUnsyncedUpdateOnLevelDB(t *testing.T) {
 	if _, err := m.UpdateBlobMetaUnsynced(t.Context(), other, func(*BlobMeta) bool { return false }); err != nil {
 		t.Fatal(err)
 	}
+	fetched := RefOf([]byte("fetched"))
+	err = m.UpdateBlobAndSignpostUnsynced(t.Context(), fetched,
+		func(b *BlobMeta) bool { b.Size = 7; return true },
+		func(sp *Signpost) bool { sp.SgIDs = []string{"/blobsync/sg/x"}; return true })
+	if err != nil {
+		t.Fatal(err)
+	}
 	closeDS()
 
 	m, closeDS = levelStore(t, dir)
@@ -121,6 +128,11 @@ func TestUnsyncedUpdateOnLevelDB(t *testing.T) {
 	}
 	if _, found, _ := m.BlobMeta(t.Context(), other); found {
 		t.Fatal("an update that changed nothing wrote a record")
+	}
+	meta, _, errM := m.BlobMeta(t.Context(), fetched)
+	sp, _, errS := m.Signpost(t.Context(), fetched)
+	if errM != nil || errS != nil || meta.Size != 7 || !slices.Equal(sp.SgIDs, []string{"/blobsync/sg/x"}) {
+		t.Fatalf("blob and signpost after reopen: %+v, %+v (%v, %v)", meta, sp, errM, errS)
 	}
 }
 

@@ -219,8 +219,10 @@ func (m *MetaStore) updateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMe
 }
 
 // UpdateBlobAndSignpost applies fnMeta to ref's metadata and fnSp to its
-// signpost under one lock, and stores whichever changed in one commit.
-func (m *MetaStore) UpdateBlobAndSignpost(ctx context.Context, ref Ref, fnMeta func(*BlobMeta) bool, fnSp func(*Signpost) bool) error {
+// signpost under one lock, and writes whichever changed in one batch, without
+// waiting for the disk, like UpdateBlobMetaUnsynced: for a record that is
+// rebuilt if a crash loses it.
+func (m *MetaStore) UpdateBlobAndSignpostUnsynced(ctx context.Context, ref Ref, fnMeta func(*BlobMeta) bool, fnSp func(*Signpost) bool) error {
 	unlock := m.lock(ref)
 	defer unlock()
 	meta, _, err := m.BlobMeta(ctx, ref)
@@ -238,7 +240,7 @@ func (m *MetaStore) UpdateBlobAndSignpost(ctx context.Context, ref Ref, fnMeta f
 	if fnSp(&sp) {
 		ops = append(ops, writeOp{key: signpostKey(ref), value: encodeSignpost(sp)})
 	}
-	if err := m.w.commit(ctx, ops...); err != nil {
+	if err := m.w.commitUnsynced(ctx, ops...); err != nil {
 		return fmt.Errorf("blob %s: %w", ref, err)
 	}
 	return nil
