@@ -65,6 +65,7 @@ type Node struct {
 
 	flightsMu sync.Mutex
 	flights   map[Ref]*flight // transfers under way, shared by their Fetch calls
+	tails     chan struct{}   // a token per flight finishing behind its held caller
 
 	gcMu        sync.Mutex    // one collection at a time
 	budgetCheck chan struct{} // capacity 1: the storage budget may be exceeded
@@ -150,6 +151,7 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.ctx, n.cancel, n.flights, n.budgetCheck = ctx, cancel, map[Ref]*flight{}, make(chan struct{}, 1)
+	n.tails = make(chan struct{}, maxTails)
 	n.prov.queue = make(chan cid.Cid, 4096)
 	n.groups, err = syncgroup.New(ctx, n.meta, sgClient, syncgroup.Config{
 		Self:  h.ID(),

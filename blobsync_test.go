@@ -64,6 +64,15 @@ func newHost(t testing.TB) host.Host {
 	return h
 }
 
+// idle reports whether n's fetcher has nothing pending or in flight and no
+// transfer is still acknowledging or recording its blob behind it.
+func idle(n *Node) bool {
+	q := n.FetchQueue(0)
+	n.flightsMu.Lock()
+	defer n.flightsMu.Unlock()
+	return q.Pending == 0 && q.InFlight == 0 && len(n.flights) == 0
+}
+
 func addrInfo(n *Node) peer.AddrInfo { return peer.AddrInfo{ID: n.h.ID(), Addrs: n.h.Addrs()} }
 
 func random(t *testing.T, size int) []byte {

@@ -15,6 +15,10 @@ import (
 // maxLocateAttempts bounds the peers one Fetch asks.
 const maxLocateAttempts = 16
 
+// maxTails bounds the flights that acknowledge and record their blob behind
+// a caller that returned once it was installed (the server fetcher's).
+const maxTails = 16
+
 // FetchOptions say where to fetch from and how to report progress.
 type FetchOptions struct {
 	// From lists peers to try first, in order; their addresses are added to
@@ -34,13 +38,29 @@ type FetchOptions struct {
 // when every caller has gone. A caller whose shared transfer failed tries once
 // more on its own if it named peers of its own in opts.From.
 func (n *Node) Fetch(ctx context.Context, ref Ref, opts FetchOptions) (int64, error) {
+	return n.fetch(ctx, ref, opts, false)
+}
+
+// fetch is Fetch. With untilHeld it returns once the blob is installed here,
+// and its transfer's flight acknowledges and records it behind the caller,
+// if no more than maxTails others are doing so (else the caller waits for
+// the whole flight): the server fetcher's slot then takes the next blob
+// without waiting for a round trip to the sender.
+func (n *Node) fetch(ctx context.Context, ref Ref, opts FetchOptions, untilHeld bool) (int64, error) {
 	for try := 0; ; try++ {
 		if size, ok, err := n.blobs.Has(ref); err != nil || ok {
 			return size, err
 		}
 		f, waiter, joined := n.joinFlight(ref, opts)
+		var released <-chan struct{} // nil: never ready
+		if untilHeld {
+			released = f.released
+		}
 		select {
 		case <-f.done:
+		case <-released:
+			n.leaveFlight(f, waiter)
+			return f.releasedSize, nil
 		case <-ctx.Done():
 			n.leaveFlight(f, waiter)
 			return 0, ctx.Err()
@@ -60,6 +80,14 @@ type flight struct {
 	cancel  context.CancelFunc
 	waiters int // under Node.flightsMu
 	next    int // the next waiter's number; under Node.flightsMu
+
+	// released is closed, with releasedSize set, when the blob is installed
+	// and the flight goes on to acknowledge and record it holding a token of
+	// Node.tails; then no waiter's leaving cancels it (tail, under
+	// Node.flightsMu).
+	released     chan struct{}
+	releasedSize int64
+	tail         bool
 
 	// progressMu guards progress and is held while calling it, so a waiter
 	// that has left (leaveFlight) is never called again. Per flight: a slow
@@ -100,7 +128,7 @@ func (n *Node) joinFlight(ref Ref, opts FetchOptions) (f *flight, waiter int, jo
 		return f, f.join(opts.Progress), true
 	}
 	ctx, cancel := context.WithCancel(n.ctx)
-	f = &flight{ref: ref, done: make(chan struct{}), cancel: cancel, progress: map[int]protocol.Progress{}}
+	f = &flight{ref: ref, done: make(chan struct{}), released: make(chan struct{}), cancel: cancel, progress: map[int]protocol.Progress{}}
 	waiter = f.join(opts.Progress)
 	if n.ctx.Err() != nil { // closed: start nothing
 		f.err = ErrClosed
@@ -110,14 +138,35 @@ func (n *Node) joinFlight(ref Ref, opts FetchOptions) (f *flight, waiter int, jo
 	n.flights[ref] = f
 	n.wg.Go(func() {
 		defer cancel()
-		size, err := n.locateAndFetch(ctx, ref, opts.From, f.report)
+		size, err := n.locateAndFetch(ctx, ref, opts.From, f.report, func(size int64) { n.release(f, size) })
 		n.flightsMu.Lock()
 		delete(n.flights, ref)
+		tail := f.tail
 		n.flightsMu.Unlock()
+		if tail {
+			<-n.tails
+			if err != nil {
+				n.cfg.log.Warn("fetch: finishing a fetched blob failed; the next start finishes it", "ref", ref, "err", err)
+			}
+		}
 		f.size, f.err = size, err
 		close(f.done)
 	})
 	return f, waiter, false
+}
+
+// release lets f's untilHeld callers go, the blob being installed with size
+// bytes, if a tail token is free; f keeps the token until it ends.
+func (n *Node) release(f *flight, size int64) {
+	select {
+	case n.tails <- struct{}{}:
+	default:
+		return // maxTails flights are finishing behind their callers already
+	}
+	n.flightsMu.Lock()
+	f.tail, f.releasedSize = true, size
+	n.flightsMu.Unlock()
+	close(f.released)
 }
 
 // leaveFlight drops a waiter that gave up, with its progress function; the
@@ -129,14 +178,15 @@ func (n *Node) leaveFlight(f *flight, waiter int) {
 	n.flightsMu.Lock()
 	defer n.flightsMu.Unlock()
 	f.waiters--
-	if f.waiters == 0 {
+	if f.waiters == 0 && !f.tail {
 		f.cancel()
 	}
 }
 
 // locateAndFetch tries from, then the signpost's locations, then the
-// locations their signposts name, until one has the blob.
-func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo, progress protocol.Progress) (int64, error) {
+// locations their signposts name, until one has the blob; installed is
+// called once it is installed, before it is acknowledged and recorded.
+func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo, progress protocol.Progress, installed func(int64)) (int64, error) {
 	var queue []peer.ID
 	tried := map[peer.ID]bool{n.h.ID(): true}
 	enqueue := func(p peer.ID) {
@@ -178,7 +228,7 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 		p := queue[0]
 		queue = queue[1:]
 		tried[p] = true
-		size, more, err := n.fetchFrom(ctx, p, ref, sp.SgIDs, progress)
+		size, more, err := n.fetchFrom(ctx, p, ref, sp.SgIDs, progress, installed)
 		if err == nil {
 			return size, nil
 		}
@@ -205,8 +255,8 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 // can vouch for are merged into ours and returned. After a verified fetch it acknowledges it to p, taking
 // the shares p offered, and records the blob, the shares and, if p will not
 // keep its copy, p's removal from the signpost, in one commit.
-func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, sgIDs []string, progress protocol.Progress) (int64, []datastore.Location, error) {
-	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sgIDs), Progress: progress, Take: n.take})
+func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, sgIDs []string, progress protocol.Progress, installed func(int64)) (int64, []datastore.Location, error) {
+	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sgIDs), Progress: progress, Take: n.take, Installed: installed})
 	if errors.Is(err, protocol.ErrNotFound) {
 		have, herr := n.client.HaveBlob(ctx, p, ref)
 		if herr != nil || have.Held { // gone meanwhile, or there now: try it again later

@@ -84,9 +84,10 @@ func (s fetchSource) SetFetchAttempts(ctx context.Context, ref datastore.Ref, n 
 }
 
 // fetchInBackground is the server fetcher's fetch: locate through the
-// signpost, resume any partial file, verify, finalize. A blob this peer no
-// longer serves a syncgroup of (it left, or rejoined in another role) is
-// dropped from the queue.
+// signpost, resume any partial file, verify, finalize. It returns once the
+// blob is installed, its acknowledgement and record following behind (see
+// Node.fetch). A blob this peer no longer serves a syncgroup of (it left, or
+// rejoined in another role) is dropped from the queue.
 func (n *Node) fetchInBackground(ctx context.Context, ref datastore.Ref) error {
 	wanted, err := fetchSource{n}.Wanted(ctx, ref)
 	if err != nil {
@@ -98,7 +99,7 @@ func (n *Node) fetchInBackground(ctx context.Context, ref datastore.Ref) error {
 		}
 		return fetcher.ErrUnwanted
 	}
-	_, err = n.Fetch(ctx, ref, FetchOptions{})
+	_, err = n.fetch(ctx, ref, FetchOptions{}, true)
 	return err
 }
 

@@ -75,7 +75,7 @@ func TestSharesMoveToServersThenGCFreesTheDevice(t *testing.T) {
 		waitFor(t, "both servers to finish", func() bool {
 			_, ok, _ := s.Has(ref)
 			_, ok2, _ := s.Has(pinned)
-			return ok && ok2 && s.FetchQueue(1).Pending == 0
+			return ok && ok2 && idle(s)
 		})
 	}
 	for _, r := range []Ref{ref, pinned} {
@@ -140,7 +140,7 @@ func TestConcurrentServerFetchesConserveShares(t *testing.T) {
 	wg.Wait()
 	for _, r := range refs {
 		for _, n := range []*Node{s1, s2} {
-			waitFor(t, "both servers to hold every blob", func() bool { _, ok, _ := n.Has(r); return ok && n.FetchQueue(1).Pending == 0 })
+			waitFor(t, "both servers to hold every blob", func() bool { _, ok, _ := n.Has(r); return ok && idle(n) })
 		}
 	}
 	for i, r := range refs {
@@ -285,7 +285,7 @@ func TestGCAsksHoldersFirst(t *testing.T) {
 	device, server := newNode(t), newNode(t)
 	group(t, device, RoleNormal, map[*Node]Role{server: RoleServer})
 	ref := putIn(t, device, random(t, 10_000), testSG)
-	waitFor(t, "the server to take the shares", func() bool { return shares(t, device, ref) == 0 && server.FetchQueue(1).Pending == 0 })
+	waitFor(t, "the server to take the shares", func() bool { return shares(t, device, ref) == 0 && idle(server) })
 	if err := server.blobs.Delete(ref); err != nil { // lost, say, or dropped by hand
 		t.Fatal(err)
 	}

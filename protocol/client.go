@@ -149,6 +149,9 @@ type GetOptions struct {
 	// (AcceptedBlobOwnership) on the stream it came on: Take is given the
 	// shares offered and returns those to take. See Fetched.Ack.
 	Take func(offered map[string]int32) map[string]int32
+	// Installed, if set, is called by Fetch once the blob is verified and
+	// installed, with its size, before it is acknowledged.
+	Installed func(size int64)
 }
 
 // Got is what a GetBlob brought.
@@ -316,6 +319,9 @@ func (c *Client) Fetch(ctx context.Context, p peer.ID, ref datastore.Ref, store 
 	got, st, resumed, err := c.fetchOnce(ctx, p, ref, store, opts)
 	if resumed && (errors.Is(err, datastore.ErrHashMismatch) || errors.Is(err, errPartialTooLong)) {
 		got, st, _, err = c.fetchOnce(ctx, p, ref, store, opts) // the partial was discarded: start from 0
+	}
+	if err == nil && opts.Installed != nil {
+		opts.Installed(got.Size)
 	}
 	if err != nil || opts.Take == nil {
 		return got, err
