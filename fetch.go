@@ -169,8 +169,9 @@ func (n *Node) release(f *flight, size int64) {
 	close(f.released)
 }
 
-// leaveFlight drops a waiter that gave up, with its progress function; the
-// last one cancels the transfer.
+// leaveFlight drops a waiter that gave up or was released, with its progress
+// function; the last one cancels the transfer, unless the flight released
+// its callers at the install (its acknowledgement and record then go on).
 func (n *Node) leaveFlight(f *flight, waiter int) {
 	f.progressMu.Lock()
 	delete(f.progress, waiter)
@@ -252,9 +253,10 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 
 // fetchFrom fetches ref, learned in syncgroups sgIDs, from p. If p has not
 // got it, p's signpost is asked for (HaveBlob) and the locations this peer
-// can vouch for are merged into ours and returned. After a verified fetch it acknowledges it to p, taking
+// can vouch for are merged into ours and returned. Once the blob is verified
+// and installed (installed is called then), it acknowledges it to p, taking
 // the shares p offered, and records the blob, the shares and, if p will not
-// keep its copy, p's removal from the signpost, in one commit.
+// keep its copy, p's removal from the signpost, in one write.
 func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, sgIDs []string, progress protocol.Progress, installed func(int64)) (int64, []datastore.Location, error) {
 	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sgIDs), Progress: progress, Take: n.take, Installed: installed})
 	if errors.Is(err, protocol.ErrNotFound) {
