@@ -26,6 +26,9 @@ type network struct {
 	addrs    map[peer.ID]ma.Multiaddr // where each peer "listens"
 	calls    map[string]int           // "announce", "pull", "join"
 	batches  []int                    // sizes of announces that carried blob entries
+	// afterPull, if set, runs when a pull by from has read to's log and
+	// before the entries reach from.
+	afterPull func(from, to peer.ID)
 }
 
 var errOffline = errors.New("peer offline")
@@ -73,7 +76,14 @@ func (t transport) Pull(ctx context.Context, p peer.ID, id string, since map[pee
 	if err != nil {
 		return nil, false, err
 	}
-	return m.HandlePull(ctx, id, t.self, since, limit)
+	entries, more, err := m.HandlePull(ctx, id, t.self, since, limit)
+	t.n.mu.Lock()
+	after := t.n.afterPull
+	t.n.mu.Unlock()
+	if after != nil {
+		after(t.self, p)
+	}
+	return entries, more, err
 }
 
 func (t transport) Announce(ctx context.Context, p peer.ID, id string, entries []datastore.LogEntry) (int, error) {

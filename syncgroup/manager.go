@@ -68,9 +68,11 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	groups  map[string]*group
-	pulling map[pullKey]bool // pulls in flight, so one peer is not pulled twice at once
+	mu     sync.Mutex
+	groups map[string]*group
+	// pulling holds the pulls in flight, so one peer is not pulled twice at
+	// once; true if another was asked for meanwhile (it follows at once).
+	pulling map[pullKey]bool
 }
 
 type pullKey struct {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 
 	"github.com/blobsync/blobsync/datastore"
@@ -360,5 +361,52 @@ func TestLargeAnnouncementIsPushedInBatches(t *testing.T) {
 	defer n.mu.Unlock()
 	if want := []int{protocol.MaxAnnounceEntries, protocol.MaxAnnounceEntries, 1}; !slices.Equal(n.batches, want) {
 		t.Fatalf("pushed batches %v, want %v", n.batches, want)
+	}
+}
+
+// An entry pushed while a pull is reading the log, past a gap that pull will
+// fill, is not lost: the pull it asks for runs once the first ends, instead
+// of being dropped as a duplicate.
+func TestGapWhileAPullRunsIsPulledAgain(t *testing.T) {
+	n := newNetwork()
+	a, b := n.add(t), n.add(t)
+	a.m.Create(t.Context(), sg, datastore.ACL{Open: true}, datastore.RoleNormal)
+	b.m.Join(t.Context(), sg, a.id, datastore.RoleNormal)
+	n.setOffline(b.id, true) // b misses these three pushes
+	for i := range 3 {
+		a.m.Announce(t.Context(), sg, []datastore.BlobAnnouncement{{Ref: ref(i), Holder: a.id}})
+	}
+	n.setOffline(b.id, false)
+
+	read, release := make(chan struct{}), make(chan struct{})
+	var once, released sync.Once
+	letGo := func() { released.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // a failed test must not leave the pull waiting
+	n.mu.Lock()
+	n.afterPull = func(from, to peer.ID) {
+		if from == b.id && to == a.id {
+			once.Do(func() { close(read); <-release })
+		}
+	}
+	n.mu.Unlock()
+	b.m.PeerConnected(a.id) // the first pull reads a's three entries, then waits
+	<-read
+	// A fourth, reaching b now, lies past the gap the waiting pull fills.
+	n.setOffline(b.id, true) // the test delivers it itself
+	a.m.Announce(t.Context(), sg, []datastore.BlobAnnouncement{{Ref: ref(3), Holder: a.id}})
+	all, err := a.meta.LogEntries(t.Context(), sg, a.id, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.m.HandleAnnounce(t.Context(), sg, a.id, all[len(all)-1:]); err != nil || got != 0 {
+		t.Fatalf("an entry past a gap: applied %d, %v", got, err)
+	}
+	n.setOffline(b.id, false)
+	letGo()
+
+	wmA, _ := a.m.Watermarks(sg)
+	eventually(t, "b to hold every entry of a", func() bool { w, _ := b.m.Watermarks(sg); return w[a.id] == wmA[a.id] })
+	if !b.signpost(t, ref(3)).HasSyncgroup(sg) {
+		t.Fatal("the entry pushed during the pull never reached b's signposts")
 	}
 }

@@ -79,24 +79,34 @@ func (m *Manager) PullFrom(ctx context.Context, p peer.ID, id string) error {
 	return nil
 }
 
-// pullAsync pulls syncgroup id from p in the background, unless a pull from p
-// is already under way.
+// pullAsync pulls syncgroup id from p in the background. If a pull from p is
+// already under way, that one pulls once more when it ends.
 func (m *Manager) pullAsync(p peer.ID, id string) {
 	key := pullKey{id: id, p: p}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.pulling[key] || m.ctx.Err() != nil {
+	if _, running := m.pulling[key]; running || m.ctx.Err() != nil {
+		if running {
+			// What is asked for now may postdate what the running pull
+			// gets (an entry pushed ahead of one it depends on): pull again.
+			m.pulling[key] = true
+		}
 		return
 	}
-	m.pulling[key] = true
+	m.pulling[key] = false
 	m.wg.Go(func() { // started under mu: see Close
-		defer func() {
+		for again := true; again; {
+			if err := m.PullFrom(m.ctx, p, id); err != nil {
+				m.cfg.Log.Debug("syncgroup: pull failed", "sg", id, "peer", p, "err", err)
+			}
 			m.mu.Lock()
-			delete(m.pulling, key)
+			again = m.pulling[key] && m.ctx.Err() == nil
+			if again {
+				m.pulling[key] = false
+			} else {
+				delete(m.pulling, key)
+			}
 			m.mu.Unlock()
-		}()
-		if err := m.PullFrom(m.ctx, p, id); err != nil {
-			m.cfg.Log.Debug("syncgroup: pull failed", "sg", id, "peer", p, "err", err)
 		}
 	})
 }
