@@ -117,7 +117,7 @@ func (p policy) Offer(ctx context.Context, caller peer.ID, ref datastore.Ref, di
 // has its shares back (an extra owner, never a missing one) and no record of
 // the holder, so gc keeps its copy; the caller installed the blob durably
 // before acknowledging it, and records what it was granted. The next durable
-// write here (a put, a fetch's record) takes the grant along.
+// write here (a put, a syncgroup entry) takes the grant along.
 func (p policy) Accepted(ctx context.Context, caller peer.ID, ref datastore.Ref, taken map[string]int32, distance map[string]uint32) (map[string]int32, bool, error) {
 	sp, _, err := p.n.meta.Signpost(ctx, ref)
 	if err != nil {
