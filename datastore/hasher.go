@@ -47,11 +47,7 @@ func (h *serialHasher) Write(p []byte) (int, error) {
 // push hashes a whole group of chunks as one subtree of height 4. counter is
 // always a multiple of MaxSIMD here: Sum alone pushes single chunks.
 func (h *serialHasher) push(b *[group]byte) {
-	h.pushSubtree(guts.ChainingValue(guts.CompressBuffer(b, group, &guts.IV, h.counter, 0)), bits.TrailingZeros(guts.MaxSIMD))
-}
-
-func (h *serialHasher) pushSubtree(cv [8]uint32, height int) {
-	pushSubtree(&h.stack, &h.counter, cv, height)
+	pushSubtree(&h.stack, &h.counter, guts.ChainingValue(guts.CompressBuffer(b, group, &guts.IV, h.counter, 0)), bits.TrailingZeros(guts.MaxSIMD))
 }
 
 // pushSubtree adds the subtree cv of height to the stack of subtree roots,

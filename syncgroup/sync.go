@@ -85,12 +85,13 @@ func (m *Manager) pullAsync(p peer.ID, id string) {
 	key := pullKey{id: id, p: p}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, running := m.pulling[key]; running || m.ctx.Err() != nil {
-		if running {
-			// What is asked for now may postdate what the running pull
-			// gets (an entry pushed ahead of one it depends on): pull again.
-			m.pulling[key] = true
-		}
+	if m.ctx.Err() != nil {
+		return
+	}
+	if _, running := m.pulling[key]; running {
+		// What is asked for now may postdate what the running pull gets
+		// (an entry pushed ahead of one it depends on): it pulls again.
+		m.pulling[key] = true
 		return
 	}
 	m.pulling[key] = false
