@@ -29,6 +29,8 @@ type BlobStore struct {
 	mu      sync.Mutex
 	writing map[Ref]struct{} // refs whose partial file is open
 
+	renameMu sync.Mutex // where renameNoReplace is unsupported: serializes installs
+
 	held, heldBytes atomic.Int64 // verified blobs held, and their bytes
 	atOpen          []BlobInfo   // the listing made at open, until taken; under mu
 }
@@ -112,7 +114,7 @@ func (s *BlobStore) Put(r io.Reader) (Ref, int64, error) {
 		_ = os.Remove(tmp)
 		return Ref{}, 0, fmt.Errorf("put: %w", err)
 	}
-	if err := s.install(tmp, ref); err != nil {
+	if err := s.install(tmp, ref, n); err != nil {
 		_ = os.Remove(tmp)
 		return Ref{}, 0, fmt.Errorf("put: %w", err)
 	}
@@ -159,9 +161,10 @@ func (w *writebackWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// install renames the verified file at tmp to ref's final name and fsyncs the
-// directories it changed. If the blob is already held, tmp is removed.
-func (s *BlobStore) install(tmp string, ref Ref) error {
+// install renames the verified file at tmp, of size bytes, to ref's final
+// name and fsyncs the directories it changed. If the blob is already held,
+// tmp is removed.
+func (s *BlobStore) install(tmp string, ref Ref, size int64) error {
 	final := s.finalPath(ref)
 	shard := filepath.Dir(final)
 	if _, err := os.Stat(shard); errors.Is(err, fs.ErrNotExist) {
@@ -172,28 +175,35 @@ func (s *BlobStore) install(tmp string, ref Ref) error {
 			return err
 		}
 	}
-	fi, err := os.Stat(tmp)
+	// Of two installs of the same bytes one renames and counts, and the
+	// other finds the blob held; no lock is held across the rename.
+	err := renameNoReplace(tmp, final)
+	if errors.Is(err, errNoReplaceUnsupported) {
+		err = s.renameUnlessHeld(tmp, final)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return os.Remove(tmp) // same bytes already held
+	}
 	if err != nil {
 		return err
 	}
-	// Under mu, so that of two installs of the same bytes one renames and
-	// counts, and the other finds the blob held.
-	s.mu.Lock()
-	if _, err := os.Stat(final); err == nil {
-		s.mu.Unlock()
-		return os.Remove(tmp) // same bytes already held
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		s.mu.Unlock()
-		return err
-	}
 	s.held.Add(1)
-	s.heldBytes.Add(fi.Size())
-	s.mu.Unlock()
+	s.heldBytes.Add(size)
 	// The final name must survive a crash; the partial directory need not be
 	// synced: a complete partial file that reappears is verified and
 	// installed again (or dropped, as the blob is held).
 	return syncDir(shard)
+}
+
+// renameUnlessHeld renames tmp to final unless final exists (fs.ErrExist),
+// for file systems without an atomic rename that refuses to replace.
+func (s *BlobStore) renameUnlessHeld(tmp, final string) error {
+	s.renameMu.Lock()
+	defer s.renameMu.Unlock()
+	if _, err := os.Stat(final); err == nil {
+		return fs.ErrExist
+	}
+	return os.Rename(tmp, final)
 }
 
 func syncDir(dir string) error {

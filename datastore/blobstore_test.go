@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -257,6 +258,62 @@ func TestHashMismatchDiscardsPartial(t *testing.T) {
 	p.Discard()
 }
 
+// Verify checks the bytes without installing them: the blob is not held, the
+// Partial takes no more bytes and still owns the ref, and Finalize then
+// installs it. A mismatch found by Verify leaves nothing and frees the ref.
+func TestVerifyThenFinalize(t *testing.T) {
+	s := openStore(t)
+	data := randomBytes(t, 3<<20+5)
+	ref := RefOf(data)
+	p, err := s.OpenPartial(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Write(data)
+	if err := p.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Verify(); err != nil {
+		t.Fatalf("a second Verify: %v", err)
+	}
+	if _, held, _ := s.Has(ref); held {
+		t.Fatal("held after Verify alone")
+	}
+	if _, err := p.Write([]byte("more")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Write after Verify: %v, want ErrClosed", err)
+	}
+	if _, err := s.OpenPartial(ref); !errors.Is(err, ErrBusy) {
+		t.Fatalf("OpenPartial while verified: %v, want ErrBusy", err)
+	}
+	if n, err := p.Finalize(); err != nil || n != int64(len(data)) {
+		t.Fatalf("Finalize after Verify = %d, %v", n, err)
+	}
+	if got := readBlob(t, s, ref); !bytes.Equal(got, data) {
+		t.Fatal("blob differs")
+	}
+
+	ref = RefOf(data[:4096])
+	p, err = s.OpenPartial(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Write(data[:4095])
+	p.Write([]byte{data[4095] ^ 1})
+	if err := p.Verify(); !errors.Is(err, ErrHashMismatch) {
+		t.Fatalf("Verify of wrong bytes: %v, want ErrHashMismatch", err)
+	}
+	if _, err := p.Finalize(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Finalize after a failed Verify: %v, want ErrClosed", err)
+	}
+	if parts, _ := s.Partials(); len(parts) != 0 {
+		t.Fatalf("partials after a failed Verify: %v", parts)
+	}
+	if p, err = s.OpenPartial(ref); err != nil || p.Size() != 0 {
+		t.Fatalf("reopen after a failed Verify: %v", err)
+	}
+	p.Discard()
+}
+
 func TestCorruptPartialPrefixIsCaught(t *testing.T) {
 	s := openStore(t)
 	data := randomBytes(t, 1<<20)
@@ -326,6 +383,50 @@ func TestConcurrentPutsOfSameBytes(t *testing.T) {
 	}
 	if files := dirEntries(t, s.Dir()); len(files) != 1 {
 		t.Fatalf("files after concurrent puts: %v", files)
+	}
+	if blobs, bytes := s.Held(); blobs != 1 || bytes != int64(len(data)) {
+		t.Fatalf("held after %d puts of one blob: %d blobs, %d bytes", n, blobs, bytes)
+	}
+}
+
+// Both ways of installing refuse to replace a held blob and leave both files
+// as they were; an absent target is renamed to.
+func TestRenameNeverReplaces(t *testing.T) {
+	s := openStore(t)
+	for name, rename := range map[string]func(string, string) error{
+		"renameat2":         renameNoReplace,
+		"stat under a lock": s.renameUnlessHeld,
+	} {
+		dir := t.TempDir()
+		tmp, final := filepath.Join(dir, "tmp"), filepath.Join(dir, "final")
+		if err := errors.Join(os.WriteFile(tmp, []byte("new"), 0o600), os.WriteFile(final, []byte("old"), 0o600)); err != nil {
+			t.Fatal(err)
+		}
+		err := rename(tmp, final)
+		if errors.Is(err, errNoReplaceUnsupported) {
+			t.Logf("%s: unsupported here", name)
+			continue
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			t.Fatalf("%s onto a file: %v, want fs.ErrExist", name, err)
+		}
+		a, errA := os.ReadFile(tmp)
+		b, errB := os.ReadFile(final)
+		if string(a) != "new" || string(b) != "old" || errA != nil || errB != nil {
+			t.Fatalf("%s changed the files: %q %v, %q %v", name, a, errA, b, errB)
+		}
+		if err := os.Remove(final); err != nil {
+			t.Fatal(err)
+		}
+		if err := rename(tmp, final); err != nil {
+			t.Fatalf("%s onto nothing: %v", name, err)
+		}
+		if b, err := os.ReadFile(final); string(b) != "new" || err != nil {
+			t.Fatalf("%s: final holds %q, %v", name, b, err)
+		}
+		if _, err := os.Stat(tmp); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s: the source is still there: %v", name, err)
+		}
 	}
 }
 

@@ -3,6 +3,8 @@
 package datastore
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -28,4 +30,20 @@ func openDirect(path string) *os.File {
 		return nil
 	}
 	return f
+}
+
+// renameNoReplace renames oldpath to newpath in one step unless newpath
+// exists: then it returns fs.ErrExist and changes nothing. Where the file
+// system cannot do that, it returns errNoReplaceUnsupported.
+func renameNoReplace(oldpath, newpath string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EEXIST):
+		return fs.ErrExist
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS):
+		return errNoReplaceUnsupported
+	}
+	return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: err}
 }

@@ -15,3 +15,6 @@ var errDirectUnsupported = errors.New("direct I/O unsupported")
 
 // openDirect returns nil: direct I/O is used on Linux only.
 func openDirect(string) *os.File { return nil }
+
+// renameNoReplace is unsupported here: installs check and rename under a lock.
+func renameNoReplace(string, string) error { return errNoReplaceUnsupported }

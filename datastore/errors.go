@@ -17,3 +17,7 @@ var (
 	// ErrClosed: the blob store or partial file was already closed.
 	ErrClosed = errors.New("closed")
 )
+
+// errNoReplaceUnsupported: the file system has no rename that refuses to
+// replace its target.
+var errNoReplaceUnsupported = errors.New("rename without replace unsupported")

@@ -19,6 +19,8 @@ type Partial struct {
 	w    *appender
 	h    *serialHasher
 	n    int64
+
+	verified bool // Verify matched: the appender is finished
 }
 
 // Ref returns the BlobRef the partial file is expected to hash to.
@@ -28,9 +30,9 @@ func (p *Partial) Ref() Ref { return p.ref }
 // written included: the offset to resume from.
 func (p *Partial) Size() int64 { return p.n }
 
-// Write appends b to the partial file.
+// Write appends b to the partial file; not after Verify.
 func (p *Partial) Write(b []byte) (int, error) {
-	if p.f == nil {
+	if p.f == nil || p.verified {
 		return 0, ErrClosed
 	}
 	n, err := p.w.Write(b)
@@ -51,27 +53,52 @@ func (p *Partial) sync() error {
 	return err
 }
 
-// Finalize fsyncs the partial file and verifies it against its BlobRef. On a
-// match it becomes a held blob; on a mismatch it is removed and
-// ErrHashMismatch returned. Either way the Partial is ended.
-func (p *Partial) Finalize() (int64, error) {
+// Verify writes what the appender still holds, without waiting for the disk,
+// and checks the partial file against its BlobRef. On a match the Partial
+// stays open for Finalize; on a mismatch the file is removed and
+// ErrHashMismatch returned; on any error the Partial is ended. A fetcher may
+// report the blob as received once it is verified, and finalize behind.
+func (p *Partial) Verify() error {
 	if p.f == nil {
-		return 0, ErrClosed
+		return ErrClosed
 	}
-	defer p.end()
-	if err := p.sync(); err != nil { // hashes the last bytes
-		return 0, fmt.Errorf("finalize %s: %w", p.ref, err)
+	if p.verified {
+		return nil
+	}
+	if err := p.w.finish(); err != nil { // hashes the last bytes
+		p.f.Close()
+		p.f = nil
+		p.end()
+		return fmt.Errorf("verify %s: %w", p.ref, err)
 	}
 	want := p.ref.Digest()
 	var got [DigestSize]byte
 	p.h.Sum(got[:0])
 	if !bytes.Equal(got[:], want[:]) {
+		p.f.Close()
+		p.f = nil
+		defer p.end()
 		if err := os.Remove(p.path); err != nil {
-			return 0, fmt.Errorf("finalize %s: removing bad partial: %w", p.ref, err)
+			return fmt.Errorf("verify %s: removing bad partial: %w", p.ref, err)
 		}
-		return 0, fmt.Errorf("blob %s (%d bytes): %w", p.ref, p.n, ErrHashMismatch)
+		return fmt.Errorf("blob %s (%d bytes): %w", p.ref, p.n, ErrHashMismatch)
 	}
-	if err := p.s.install(p.path, p.ref); err != nil {
+	p.verified = true
+	return nil
+}
+
+// Finalize verifies the partial file (see Verify) unless that was done,
+// fsyncs it and makes it a held blob. On a mismatch the file is removed and
+// ErrHashMismatch returned. Either way the Partial is ended.
+func (p *Partial) Finalize() (int64, error) {
+	if err := p.Verify(); err != nil {
+		return 0, err
+	}
+	defer p.end()
+	if err := p.sync(); err != nil {
+		return 0, fmt.Errorf("finalize %s: %w", p.ref, err)
+	}
+	if err := p.s.install(p.path, p.ref, p.n); err != nil {
 		return 0, fmt.Errorf("finalize %s: %w", p.ref, err)
 	}
 	return p.n, nil
