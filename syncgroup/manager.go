@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/blobsync/blobsync/datastore"
@@ -85,7 +86,15 @@ type group struct {
 	mu  sync.Mutex
 	rec datastore.Group
 	wm  map[peer.ID]uint64 // origin → highest Seq held
+
+	// myRole is rec.MyRole+1 once stored (0 before), for MyRole, asked once
+	// or twice per blob fetched, which must not wait for mu: a pull holds it
+	// while it writes.
+	myRole atomic.Uint32
 }
+
+// setMyRole records that role is stored as this peer's; the caller holds mu.
+func (g *group) setMyRole(role datastore.Role) { g.myRole.Store(uint32(role) + 1) }
 
 // New returns a Manager over store and tr with every stored syncgroup loaded;
 // Start makes it take part in them.
@@ -119,7 +128,9 @@ func New(ctx context.Context, store Store, tr Transport, cfg Config) (*Manager, 
 		if err != nil {
 			return nil, fmt.Errorf("syncgroup %s: loading: %w", rec.Spec.ID, err)
 		}
-		m.groups[rec.Spec.ID] = &group{rec: rec, wm: wm}
+		g := &group{rec: rec, wm: wm}
+		g.setMyRole(rec.MyRole)
+		m.groups[rec.Spec.ID] = g
 		for _, mb := range rec.Members {
 			cfg.Learned(mb)
 		}
@@ -216,7 +227,10 @@ func (m *Manager) MyRole(id string) (datastore.Role, bool) {
 	if err != nil {
 		return 0, false
 	}
-	g.mu.Lock()
+	if r := g.myRole.Load(); r > 0 {
+		return datastore.Role(r - 1), true
+	}
+	g.mu.Lock() // being created or joined
 	defer g.mu.Unlock()
 	return g.rec.MyRole, true
 }
@@ -270,6 +284,7 @@ func (m *Manager) Create(ctx context.Context, id string, acl datastore.ACL, role
 		return datastore.Group{}, err
 	}
 	g.rec, g.wm = rec, map[peer.ID]uint64{m.cfg.Self: 1}
+	g.setMyRole(role)
 	m.cfg.Serve(id)
 	return rec.Clone(), nil
 }
@@ -310,6 +325,7 @@ func (m *Manager) Join(ctx context.Context, id string, via peer.ID, role datasto
 	_, err = m.store.ApplyGroupChange(ctx, id, datastore.GroupChange{Group: &rec})
 	if err == nil {
 		g.rec = rec
+		g.setMyRole(role)
 	}
 	g.mu.Unlock()
 	if err != nil {
