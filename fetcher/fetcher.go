@@ -18,8 +18,10 @@ import (
 	"github.com/blobsync/blobsync/datastore"
 )
 
-// FetchFunc fetches one blob; a nil error means the blob is held now, and
-// ErrUnwanted that it is no longer to be fetched (nor counted as an attempt).
+// FetchFunc fetches one blob; a nil error means the blob is held now, or
+// verified and being installed (should that fail, the caller reports it with
+// Fetcher.Failed), and ErrUnwanted that it is no longer to be fetched (nor
+// counted as an attempt).
 type FetchFunc func(ctx context.Context, ref datastore.Ref) error
 
 // ErrUnwanted is what a FetchFunc returns for a blob this peer no longer
@@ -174,6 +176,38 @@ func (f *Fetcher) StartWithAttempts(ref datastore.Ref, attempts uint32) {
 	}
 }
 
+// Failed reports that an attempt at ref whose fetch returned nil failed
+// after all (the blob was verified, then could not be installed): the
+// attempt is counted and persisted, and ref is queued again after its
+// backoff. If ref is in flight, that attempt counts as failed with err,
+// whatever it returns; if it is queued, it stays as it is.
+func (f *Fetcher) Failed(ctx context.Context, ref datastore.Ref, err error) {
+	attempts, serr := f.store.FetchAttempts(ctx, ref)
+	if serr == nil {
+		attempts++
+		serr = f.store.SetFetchAttempts(ctx, ref, attempts)
+	}
+	if serr != nil {
+		f.cfg.log.Warn("fetcher: recording attempts", "ref", ref, "err", serr)
+	}
+	next := f.cfg.clock.Now().Add(f.Backoff(attempts)).UnixNano()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ctx.Err() != nil {
+		return
+	}
+	s, ok := f.states[ref]
+	switch {
+	case !ok:
+		s = &state{ref: ref, attempts: attempts, next: next, lastErr: err}
+		f.states[ref] = s
+		heap.Push(&f.queue, s)
+		f.nudge()
+	case s.index < 0:
+		s.failed, s.lastErr = true, err
+	}
+}
+
 // Stop forgets ref: no more attempts. A fetch in flight may finish.
 func (f *Fetcher) Stop(ref datastore.Ref) {
 	f.mu.Lock()
@@ -233,7 +267,7 @@ func (f *Fetcher) run() {
 			s := heap.Pop(&f.queue).(*state)
 			s.expedite = false
 			f.inFlight++
-			f.wg.Go(func() { f.attempt(s) })
+			f.wg.Go(func() { f.work(s) })
 		}
 		wait := time.Duration(-1)
 		if f.inFlight < f.cfg.concurrency && len(f.queue) > 0 {
@@ -261,6 +295,31 @@ func (f *Fetcher) run() {
 	}
 }
 
+// work attempts s, then every blob due when it ends, while the number in
+// flight allows: a goroutine per run of attempts rather than per attempt,
+// and no trip through the scheduler between them (many small blobs).
+func (f *Fetcher) work(s *state) {
+	for s != nil {
+		f.attempt(s)
+		s = f.takeDue()
+	}
+}
+
+// takeDue takes the next blob due, counting it in flight, if one is and the
+// number in flight allows; else it wakes the scheduler and returns nil.
+func (f *Fetcher) takeDue() *state {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ctx.Err() == nil && f.inFlight < f.cfg.concurrency && len(f.queue) > 0 && f.queue[0].next <= f.cfg.clock.Now().UnixNano() {
+		s := heap.Pop(&f.queue).(*state)
+		s.expedite = false
+		f.inFlight++
+		return s
+	}
+	f.nudge()
+	return nil
+}
+
 // attempt makes one attempt, persists the attempt count, and requeues the
 // blob with backoff if it failed and is still wanted.
 func (f *Fetcher) attempt(s *state) {
@@ -275,7 +334,6 @@ func (f *Fetcher) attempt(s *state) {
 		s.stopped = true
 		f.inFlight--
 		delete(f.states, s.ref)
-		f.nudge()
 		return
 	}
 	attempts := s.attempts + 1 // only this goroutine touches attempts while in flight
@@ -292,7 +350,10 @@ func (f *Fetcher) attempt(s *state) {
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s.attempts, s.lastErr = attempts, err
+	if err == nil && s.failed { // counted and persisted by Failed
+		err = s.lastErr
+	}
+	s.attempts, s.lastErr, s.failed = attempts, err, false
 	f.inFlight--
 	if err == nil || s.stopped || f.ctx.Err() != nil {
 		delete(f.states, s.ref)
@@ -304,7 +365,6 @@ func (f *Fetcher) attempt(s *state) {
 		heap.Push(&f.queue, s)
 		f.cfg.log.Debug("fetch failed; will retry", "ref", s.ref, "attempts", attempts, "in", time.Duration(next-f.cfg.clock.Now().UnixNano()).Round(time.Millisecond), "err", err)
 	}
-	f.nudge()
 }
 
 // BlobState is one blob in the Fetcher, for status displays.

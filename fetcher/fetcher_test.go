@@ -358,3 +358,53 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		}
 	}
 }
+
+// A fetch that returned nil and then failed (Failed) is counted, persisted
+// and retried after the backoff of its attempts, whether it had left the
+// Fetcher or was still in flight.
+func TestFailedAfterSuccessIsRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ff := newFakeFetch(time.Second)
+		store := newMemStore()
+		f := newFetcher(t, ff, store)
+		gone, inFlight := refN(1), refN(2)
+		f.StartWithAttempts(gone, 0)
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if pending, _, _ := f.Snapshot(0); pending != 0 || ff.callCount(gone) != 1 {
+			t.Fatalf("after a success: %d pending, %d calls", pending, ff.callCount(gone))
+		}
+		failedAt := time.Now()
+		f.Failed(t.Context(), gone, errInjected)
+
+		f.StartWithAttempts(inFlight, 0)
+		time.Sleep(500 * time.Millisecond)
+		f.Failed(t.Context(), inFlight, errInjected) // its attempt then returns nil
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if pending, _, blobs := f.Snapshot(2); pending != 2 || blobs[0].Attempts != 1 || blobs[0].LastError != errInjected.Error() {
+			t.Fatalf("after Failed: %d pending %+v, want both queued with 1 attempt and the error", pending, blobs)
+		}
+
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		for _, r := range []datastore.Ref{gone, inFlight} {
+			if n := ff.callCount(r); n != 2 {
+				t.Fatalf("blob %s: %d calls, want 2", r, n)
+			}
+			if w := store.writes[r]; len(w) != 1 || w[0] != 1 {
+				t.Fatalf("blob %s: attempts written %v, want [1]", r, w)
+			}
+		}
+		if wait := ff.calls[gone][1].Sub(failedAt); wait < time.Second || wait >= 2*time.Second {
+			t.Fatalf("retried %v after Failed, want the backoff of 1 attempt, in [1s, 2s)", wait)
+		}
+		if wait := ff.calls[inFlight][1].Sub(ff.ended[inFlight][0]); wait < time.Second || wait >= 2*time.Second {
+			t.Fatalf("in flight: retried %v after its attempt, want in [1s, 2s)", wait)
+		}
+		if pending, _, _ := f.Snapshot(0); pending != 0 {
+			t.Fatalf("%d pending once both were fetched again", pending)
+		}
+		f.Close()
+	})
+}

@@ -16,6 +16,7 @@ type state struct {
 	index    int32  // position in the heap; -1 while being fetched
 	stopped  bool   // StopFetching was called: no more attempts
 	expedite bool   // Expedite was called while in flight: retry a failure at once
+	failed   bool   // Failed was called while in flight: the attempt failed with lastErr
 	lastErr  error
 }
 
