@@ -188,7 +188,7 @@ func New(h host.Host, d ds.Batching, dir string, opts ...Option) (*Node, error) 
 	}
 	if err != nil {
 		cancel()
-		errors.Join(n.server.Close(), n.sgServer.Close(), n.groups.Close())
+		errors.Join(n.client.Close(), n.server.Close(), n.sgServer.Close(), n.groups.Close())
 		return nil, err
 	}
 	n.notifee = &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
@@ -237,7 +237,7 @@ func (n *Node) Close() error {
 	n.flightsMu.Unlock()
 	n.wg.Wait()
 	// ...then what they used.
-	return errors.Join(err, n.server.Close(), n.sgServer.Close(), n.groups.Close())
+	return errors.Join(err, n.client.Close(), n.server.Close(), n.sgServer.Close(), n.groups.Close())
 }
 
 // Host returns the node's libp2p host.

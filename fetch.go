@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -15,8 +16,9 @@ import (
 // maxLocateAttempts bounds the peers one Fetch asks.
 const maxLocateAttempts = 16
 
-// maxTails bounds the flights that acknowledge and record their blob behind
-// a caller that returned once it was installed (the server fetcher's).
+// maxTails bounds the flights that install, acknowledge and record their
+// blob behind a caller that returned once it was verified (the server
+// fetcher's).
 const maxTails = 16
 
 // FetchOptions say where to fetch from and how to report progress.
@@ -41,19 +43,20 @@ func (n *Node) Fetch(ctx context.Context, ref Ref, opts FetchOptions) (int64, er
 	return n.fetch(ctx, ref, opts, false)
 }
 
-// fetch is Fetch. With untilHeld it returns once the blob is installed here,
-// and its transfer's flight acknowledges and records it behind the caller,
-// if no more than maxTails others are doing so (else the caller waits for
-// the whole flight): the server fetcher's slot then takes the next blob
-// without waiting for a round trip to the sender.
-func (n *Node) fetch(ctx context.Context, ref Ref, opts FetchOptions, untilHeld bool) (int64, error) {
+// fetch is Fetch. With untilVerified it returns once the whole blob is here
+// and verified, and its transfer's flight installs, acknowledges and records
+// it behind the caller, if no more than maxTails others are doing so (else
+// the caller waits for the whole flight): the server fetcher's slot then
+// takes the next blob without waiting for the disk or a round trip to the
+// sender. Should the install fail, the blob is queued again (retryLater).
+func (n *Node) fetch(ctx context.Context, ref Ref, opts FetchOptions, untilVerified bool) (int64, error) {
 	for try := 0; ; try++ {
 		if size, ok, err := n.blobs.Has(ref); err != nil || ok {
 			return size, err
 		}
 		f, waiter, joined := n.joinFlight(ref, opts)
 		var released <-chan struct{} // nil: never ready
-		if untilHeld {
+		if untilVerified {
 			released = f.released
 		}
 		select {
@@ -81,9 +84,9 @@ type flight struct {
 	waiters int // under Node.flightsMu
 	next    int // the next waiter's number; under Node.flightsMu
 
-	// released is closed, with releasedSize set, when the blob is installed
-	// and the flight goes on to acknowledge and record it holding a token of
-	// Node.tails; then no waiter's leaving cancels it (tail, under
+	// released is closed, with releasedSize set, when the blob is verified
+	// and the flight goes on to install, acknowledge and record it holding a
+	// token of Node.tails; then no waiter's leaving cancels it (tail, under
 	// Node.flightsMu).
 	released     chan struct{}
 	releasedSize int64
@@ -146,7 +149,7 @@ func (n *Node) joinFlight(ref Ref, opts FetchOptions) (f *flight, waiter int, jo
 		if tail {
 			<-n.tails
 			if err != nil {
-				n.cfg.log.Warn("fetch: finishing a fetched blob failed; the next start finishes it", "ref", ref, "err", err)
+				n.retryLater(ref, err)
 			}
 		}
 		f.size, f.err = size, err
@@ -155,8 +158,8 @@ func (n *Node) joinFlight(ref Ref, opts FetchOptions) (f *flight, waiter int, jo
 	return f, waiter, false
 }
 
-// release lets f's untilHeld callers go, the blob being installed with size
-// bytes, if a tail token is free; f keeps the token until it ends.
+// release lets f's untilVerified callers go, the blob being verified with
+// size bytes, if a tail token is free; f keeps the token until it ends.
 func (n *Node) release(f *flight, size int64) {
 	select {
 	case n.tails <- struct{}{}:
@@ -167,11 +170,33 @@ func (n *Node) release(f *flight, size int64) {
 	f.tail, f.releasedSize = true, size
 	n.flightsMu.Unlock()
 	close(f.released)
+	// Let the caller just woken run now: it waits on this P, and this
+	// goroutine goes on to fsync, which keeps the P until the runtime hands
+	// it off. Measured under load: 683 µs from here to the caller running
+	// on average, 15 µs with this.
+	runtime.Gosched()
+}
+
+// retryLater handles a flight that failed after releasing its callers, the
+// server fetcher having taken its blob as fetched. A blob not installed is
+// reported to the fetcher as a failed attempt, to be retried after its
+// backoff; one installed (its acknowledgement or record failed) is finished
+// by the next start's recovery pass.
+func (n *Node) retryLater(ref Ref, err error) {
+	if n.ctx.Err() != nil {
+		return // closing: the next start's scan fetches it
+	}
+	if _, held, herr := n.blobs.Has(ref); herr == nil && held {
+		n.cfg.log.Warn("fetch: recording a fetched blob failed; the next start finishes it", "ref", ref, "err", err)
+		return
+	}
+	n.cfg.log.Warn("fetch: installing a verified blob failed; will retry", "ref", ref, "err", err)
+	n.fetcher.Failed(n.ctx, ref, err)
 }
 
 // leaveFlight drops a waiter that gave up or was released, with its progress
 // function; the last one cancels the transfer, unless the flight released
-// its callers at the install (its acknowledgement and record then go on).
+// its callers (its install, acknowledgement and record then go on).
 func (n *Node) leaveFlight(f *flight, waiter int) {
 	f.progressMu.Lock()
 	delete(f.progress, waiter)
@@ -185,9 +210,10 @@ func (n *Node) leaveFlight(f *flight, waiter int) {
 }
 
 // locateAndFetch tries from, then the signpost's locations, then the
-// locations their signposts name, until one has the blob; installed is
-// called once it is installed, before it is acknowledged and recorded.
-func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo, progress protocol.Progress, installed func(int64)) (int64, error) {
+// locations their signposts name, until one has the blob; verified is
+// called once it is here and verified, before it is installed, acknowledged
+// and recorded.
+func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo, progress protocol.Progress, verified func(int64)) (int64, error) {
 	var queue []peer.ID
 	tried := map[peer.ID]bool{n.h.ID(): true}
 	enqueue := func(p peer.ID) {
@@ -229,7 +255,7 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 		p := queue[0]
 		queue = queue[1:]
 		tried[p] = true
-		size, more, err := n.fetchFrom(ctx, p, ref, sp.SgIDs, progress, installed)
+		size, more, err := n.fetchFrom(ctx, p, ref, sp.SgIDs, progress, verified)
 		if err == nil {
 			return size, nil
 		}
@@ -254,11 +280,11 @@ func (n *Node) locateAndFetch(ctx context.Context, ref Ref, from []peer.AddrInfo
 // fetchFrom fetches ref, learned in syncgroups sgIDs, from p. If p has not
 // got it, p's signpost is asked for (HaveBlob) and the locations this peer
 // can vouch for are merged into ours and returned. Once the blob is verified
-// and installed (installed is called then), it acknowledges it to p, taking
+// (verified is called then) and installed, it acknowledges it to p, taking
 // the shares p offered, and records the blob, the shares and, if p will not
 // keep its copy, p's removal from the signpost, in one write.
-func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, sgIDs []string, progress protocol.Progress, installed func(int64)) (int64, []datastore.Location, error) {
-	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sgIDs), Progress: progress, Take: n.take, Installed: installed})
+func (n *Node) fetchFrom(ctx context.Context, p peer.ID, ref Ref, sgIDs []string, progress protocol.Progress, verified func(int64)) (int64, []datastore.Location, error) {
+	got, err := n.client.Fetch(ctx, p, ref, n.blobs, protocol.GetOptions{Distance: n.distances(sgIDs), Progress: progress, Take: n.take, Verified: verified})
 	if errors.Is(err, protocol.ErrNotFound) {
 		have, herr := n.client.HaveBlob(ctx, p, ref)
 		if herr != nil || have.Held { // gone meanwhile, or there now: try it again later

@@ -6,6 +6,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -68,10 +71,10 @@ func writeFrame(st network.Stream, m proto.Message) {
 	st.Write(append(binary.AppendUvarint(nil, uint64(len(b))), b...))
 }
 
-// The server fetcher's fetch returns once the blob is installed: its
-// acknowledgement and record follow behind, at most maxTails at once. A
-// fetch past that bound waits for its whole flight, record included.
-func TestBackgroundFetchReturnsAtInstallAndFinishesBehind(t *testing.T) {
+// The server fetcher's fetch returns once the blob is verified: its install,
+// acknowledgement and record follow behind, at most maxTails at once. A fetch
+// past that bound waits for its whole flight, record included.
+func TestBackgroundFetchReturnsAtVerifyAndFinishesBehind(t *testing.T) {
 	holder := &ackHolder{blobs: map[Ref][]byte{}, acks: make(chan Ref, maxTails+1), answer: map[Ref]chan struct{}{}}
 	var refs []Ref
 	for i := range maxTails + 1 {
@@ -90,8 +93,7 @@ func TestBackgroundFetchReturnsAtInstallAndFinishesBehind(t *testing.T) {
 		return err == nil && !meta.Created.IsZero()
 	}
 
-	// maxTails fetches return with the blob held and its acknowledgement
-	// unanswered, so not yet recorded.
+	// maxTails fetches return with their acknowledgements unanswered.
 	var wg sync.WaitGroup
 	for _, ref := range refs[:maxTails] {
 		wg.Go(func() {
@@ -101,7 +103,9 @@ func TestBackgroundFetchReturnsAtInstallAndFinishesBehind(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	for _, ref := range refs[:maxTails] {
+	// Each is acknowledged once installed, and not recorded before the answer.
+	for range maxTails {
+		ref := <-holder.acks
 		if !bytes.Equal(readAll(t, n, ref), holder.blobs[ref]) {
 			t.Fatalf("blob %s differs", ref)
 		}
@@ -115,11 +119,10 @@ func TestBackgroundFetchReturnsAtInstallAndFinishesBehind(t *testing.T) {
 	last := refs[maxTails]
 	done := make(chan error, 1)
 	go func() { _, err := n.fetch(t.Context(), last, from, true); done <- err }()
-	for range maxTails + 1 {
-		if ref := <-holder.acks; ref == last {
-			close(holder.answer[last])
-		}
+	if ref := <-holder.acks; ref != last {
+		t.Fatalf("acknowledgement of %s, want %s", ref, last)
 	}
+	close(holder.answer[last])
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -138,4 +141,50 @@ func TestBackgroundFetchReturnsAtInstallAndFinishesBehind(t *testing.T) {
 		}
 		return len(n.tails) == 0
 	})
+}
+
+// A blob verified, so taken by the server fetcher as fetched, that then
+// fails to install goes back to the fetcher's queue as a failed attempt,
+// counted in its signpost, and is fetched on the next.
+func TestInstallFailingBehindTheFetcherIsRetried(t *testing.T) {
+	device, server := newNode(t), newNode(t)
+	if _, err := device.CreateSyncgroup(t.Context(), testSG, ACL{Open: true}, RoleNormal); err != nil {
+		t.Fatal(err)
+	}
+	data := random(t, 5000)
+	ref := datastore.RefOf(data)
+	// The blob's shard directory is a link to nowhere: the rename into it fails.
+	name := ref.String()
+	shard := filepath.Join(server.blobs.Dir(), name[len(name)-3:len(name)-1])
+	if err := os.Symlink(filepath.Join(t.TempDir(), "gone"), shard); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.JoinSyncgroup(t.Context(), testSG, addrInfo(device), RoleServer); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := device.Put(t.Context(), bytes.NewReader(data), PutOptions{Syncgroups: []string{testSG}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the failed install to be queued again", func() bool {
+		q := server.FetchQueue(1)
+		return q.Pending == 1 && len(q.Blobs) == 1 && q.Blobs[0].Attempts == 1 && !q.Blobs[0].InFlight && q.Blobs[0].LastError != ""
+	})
+	if q := server.FetchQueue(1); !strings.Contains(q.Blobs[0].LastError, "no such file or directory") {
+		t.Fatalf("queued with error %q", q.Blobs[0].LastError)
+	}
+	if sp := signpostOn(t, server, ref); sp.FetchAttempts != 1 {
+		t.Fatalf("signpost counts %d attempts, want 1", sp.FetchAttempts)
+	}
+	if _, held, _ := server.Has(ref); held {
+		t.Fatal("held although its install failed")
+	}
+	if err := os.Remove(shard); err != nil {
+		t.Fatal(err)
+	}
+	server.fetcher.Expedite(ref)
+	waitFor(t, "the retry to fetch it", func() bool { _, held, _ := server.Has(ref); return held })
+	if !bytes.Equal(readAll(t, server, ref), data) {
+		t.Fatal("blob differs")
+	}
+	waitFor(t, "the queue to drain", func() bool { return server.FetchQueue(1).Pending == 0 && idle(server) })
 }

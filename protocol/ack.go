@@ -16,10 +16,12 @@ import (
 
 // An AcceptedBlobOwnership may follow GetBlob on the stream the blob came on,
 // once the fetcher has verified and installed it: one stream per fetched blob
-// instead of two, which matters for small blobs. The responder waits for it
-// up to the request timeout; a fetcher that sends none closes its side. The
-// acknowledgement on a stream of its own stays valid (after a crash, say):
-// the responder remembers the transfer for ten minutes either way.
+// instead of two, and once it is answered the stream carries the fetcher's
+// next GetBlob to that peer (reuse.go), which matters for small blobs. The
+// responder waits for it up to the request timeout; a fetcher that sends
+// none closes its side. The acknowledgement on a stream of its own stays
+// valid (after a crash, say): the responder remembers the transfer for ten
+// minutes either way.
 
 // acknowledge sends taken to p on st, the GetBlob stream, or, if that stream
 // failed before p answered (p closed it, or it timed out), on a new stream.
@@ -44,10 +46,11 @@ func (c *Client) acknowledge(ctx context.Context, st network.Stream, p peer.ID, 
 	return Ack{Granted: granted, Keeping: keeping, Err: err}
 }
 
-// ackOn sends the acknowledgement on st and reads the answer, then closes st.
+// ackOn sends the acknowledgement on st and reads the answer, then keeps st
+// for the next GetBlob to its peer (reuse.go).
 func (c *Client) ackOn(ctx context.Context, st network.Stream, ref datastore.Ref, taken map[string]int32) (*pb.Response, error) {
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
-	resp, err := exchange(st, acceptRequest(ref, taken), time.Now().Add(c.cfg.requestTimeout), true)
+	resp, err := exchange(st, acceptRequest(ref, taken), time.Now().Add(c.cfg.requestTimeout), false)
 	if !stop() {
 		err = context.Cause(ctx)
 	}
@@ -55,30 +58,34 @@ func (c *Client) ackOn(ctx context.Context, st network.Stream, ref datastore.Ref
 		st.Reset()
 		return nil, err
 	}
-	st.Close()
+	c.keep(st.Conn().RemotePeer(), st)
 	return resp, nil
 }
 
 // ackOnStream serves the AcceptedBlobOwnership that may follow a GetBlob
-// whose bytes were all sent on st. A closed stream is no error.
-func (s *Server) ackOnStream(st network.Stream, caller peer.ID, ref datastore.Ref) error {
+// whose bytes were all sent on st. A closed stream is no error. answered
+// reports that one was answered: the caller may then send more on st.
+func (s *Server) ackOnStream(st network.Stream, caller peer.ID, ref datastore.Ref) (answered bool, err error) {
 	if err := st.SetDeadline(time.Now().Add(s.cfg.requestTimeout)); err != nil {
-		return err
+		return false, err
 	}
 	var req pb.Request
 	if err := readMsg(st, &req, MaxRequestSize); err != nil {
 		switch {
 		case errors.Is(err, io.EOF):
-			return nil // no acknowledgement here
+			return false, nil // no acknowledgement here
 		case errors.Is(err, ErrProtocol):
 			// Answered, not reset: a reset could cost the caller the blob's
 			// last bytes, still unread.
-			return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
+			return false, writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
 		}
-		return err
+		return false, err
 	}
 	if req.GetOp() != pb.Op_ACCEPTED_BLOB_OWNERSHIP || !bytes.Equal(req.GetRef(), ref.Bytes()) {
-		return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: "only an AcceptedBlobOwnership of the blob sent may follow GetBlob"})
+		return false, writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: "only an AcceptedBlobOwnership of the blob sent may follow GetBlob"})
 	}
-	return writeMsg(st, s.accepted(caller, ref, req.GetSharesTaken()))
+	if err := writeMsg(st, s.accepted(caller, ref, req.GetSharesTaken())); err != nil {
+		return false, err
+	}
+	return true, nil
 }

@@ -30,6 +30,7 @@ type Progress func(done, total int64)
 type ClientStats struct {
 	BytesReceived int64
 	BlobsFetched  int64 // verified and finalized
+	StreamsOpened int64 // streams this Client opened (kept ones are reused)
 }
 
 // Client makes blob protocol calls from a host.
@@ -37,8 +38,10 @@ type Client struct {
 	h    host.Host
 	cfg  config
 	bufs sync.Pool
+	pool streamPool
 
 	bytesReceived atomic.Int64
+	streamsOpened atomic.Int64
 	blobsFetched  atomic.Int64
 }
 
@@ -55,7 +58,7 @@ func NewClient(h host.Host, opts ...Option) (*Client, error) {
 
 // Stats returns the counters so far.
 func (c *Client) Stats() ClientStats {
-	return ClientStats{BytesReceived: c.bytesReceived.Load(), BlobsFetched: c.blobsFetched.Load()}
+	return ClientStats{BytesReceived: c.bytesReceived.Load(), BlobsFetched: c.blobsFetched.Load(), StreamsOpened: c.streamsOpened.Load()}
 }
 
 // call opens a stream to p, sends req and reads the response header, all
@@ -77,6 +80,7 @@ func (c *Client) callStream(ctx context.Context, p peer.ID, req *pb.Request, clo
 		}
 		return nil, nil, fmt.Errorf("peer %s: %w", p, err)
 	}
+	c.streamsOpened.Add(1)
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	err = st.Scope().SetService(ServiceName)
 	var resp *pb.Response
@@ -149,9 +153,10 @@ type GetOptions struct {
 	// (AcceptedBlobOwnership) on the stream it came on: Take is given the
 	// shares offered and returns those to take. See Fetched.Ack.
 	Take func(offered map[string]int32) map[string]int32
-	// Installed, if set, is called by Fetch once the blob is verified and
-	// installed, with its size, before it is acknowledged.
-	Installed func(size int64)
+	// Verified, if set, is called by Fetch once the whole blob is here and
+	// matches its BlobRef, with its size, before it is fsynced and installed
+	// (and acknowledged): its caller may go on while Fetch finishes.
+	Verified func(size int64)
 }
 
 // Got is what a GetBlob brought.
@@ -179,7 +184,16 @@ func (c *Client) getBlob(ctx context.Context, p peer.ID, ref datastore.Ref, offs
 	if offset < 0 {
 		return Got{}, nil, fmt.Errorf("offset %d: %w", offset, ErrOffsetOutOfRange)
 	}
-	st, resp, err := c.callStream(ctx, p, &pb.Request{Op: pb.Op_GET_BLOB, Ref: ref.Bytes(), Offset: uint64(offset), Distance: opts.Distance}, !more)
+	req := &pb.Request{Op: pb.Op_GET_BLOB, Ref: ref.Bytes(), Offset: uint64(offset), Distance: opts.Distance}
+	var st network.Stream
+	var resp *pb.Response
+	var err error
+	if more { // to be acknowledged on this stream: one kept may carry it
+		st, resp, err = c.callKept(ctx, p, req)
+	}
+	if st == nil && err == nil {
+		st, resp, err = c.callStream(ctx, p, req, !more)
+	}
 	if err != nil {
 		return Got{}, nil, err
 	}
@@ -320,9 +334,6 @@ func (c *Client) Fetch(ctx context.Context, p peer.ID, ref datastore.Ref, store 
 	if resumed && (errors.Is(err, datastore.ErrHashMismatch) || errors.Is(err, errPartialTooLong)) {
 		got, st, _, err = c.fetchOnce(ctx, p, ref, store, opts) // the partial was discarded: start from 0
 	}
-	if err == nil && opts.Installed != nil {
-		opts.Installed(got.Size)
-	}
 	if err != nil || opts.Take == nil {
 		return got, err
 	}
@@ -363,7 +374,14 @@ func (c *Client) fetchOnce(ctx context.Context, p peer.ID, ref datastore.Ref, st
 	if err != nil {
 		return got, nil, resumed, err
 	}
-	if _, err := part.Finalize(); err != nil {
+	err = part.Verify()
+	if err == nil && opts.Verified != nil {
+		opts.Verified(got.Size)
+	}
+	if err == nil {
+		_, err = part.Finalize()
+	}
+	if err != nil {
 		if st != nil {
 			st.Reset()
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 )
@@ -77,13 +78,21 @@ func readError(what string, err error) error {
 
 // writeMsg writes m to w as one varint-length-delimited frame, in one Write.
 func writeMsg(w io.Writer, m proto.Message) error {
-	size := proto.Size(m)
-	buf := make([]byte, binary.MaxVarintLen64, binary.MaxVarintLen64+size)
-	n := binary.PutUvarint(buf, uint64(size))
-	buf, err := proto.MarshalOptions{}.MarshalAppend(buf[:n], m)
+	buf, err := appendMsg(nil, m)
 	if err != nil {
-		return fmt.Errorf("marshalling %T: %w", m, err)
+		return err
 	}
 	_, err = w.Write(buf)
 	return err
+}
+
+// appendMsg appends m to buf, varint-length-delimited.
+func appendMsg(buf []byte, m proto.Message) ([]byte, error) {
+	size := proto.Size(m)
+	buf = binary.AppendUvarint(slices.Grow(buf, binary.MaxVarintLen64+size), uint64(size))
+	buf, err := proto.MarshalOptions{}.MarshalAppend(buf, m)
+	if err != nil {
+		return nil, fmt.Errorf("marshalling %T: %w", m, err)
+	}
+	return buf, nil
 }

@@ -155,6 +155,7 @@ func newFetching(t testing.TB, server host.Host, quic bool, opts ...Option) *fet
 		t.Fatal(err)
 	}
 	f.client = c
+	t.Cleanup(func() { c.Close() })
 	introduce(f.h, server)
 	return f
 }

@@ -111,39 +111,61 @@ func (s *Server) handle(st network.Stream) {
 	})
 }
 
+// handleStream serves the requests on st: one, or, once a GetBlob's
+// acknowledgement is answered, the next ones the caller sends on the stream
+// it keeps (reuse.go), each read within keptStreamWait.
 func (s *Server) handleStream(st network.Stream) error {
 	if err := st.Scope().SetService(ServiceName); err != nil {
 		return fmt.Errorf("attaching to service: %w", err)
 	}
-	if err := st.SetDeadline(time.Now().Add(s.cfg.requestTimeout)); err != nil {
-		return err
+	wait := s.cfg.requestTimeout
+	for kept := false; ; kept = true {
+		if err := st.SetDeadline(time.Now().Add(wait)); err != nil {
+			return err
+		}
+		var req pb.Request
+		if err := readMsg(st, &req, MaxRequestSize); err != nil {
+			if kept && (errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded)) {
+				return nil // the caller closed or left the stream it kept
+			}
+			return err
+		}
+		if err := st.SetDeadline(time.Now().Add(s.cfg.requestTimeout)); err != nil {
+			return err
+		}
+		again, err := s.serve(st, &req)
+		if err != nil || !again {
+			return err
+		}
+		wait = keptStreamWait
 	}
-	var req pb.Request
-	if err := readMsg(st, &req, MaxRequestSize); err != nil {
-		return err
-	}
+}
+
+// serve answers req on st; again reports whether another request may
+// follow on st (a GetBlob whose acknowledgement was answered).
+func (s *Server) serve(st network.Stream, req *pb.Request) (again bool, err error) {
 	caller := st.Conn().RemotePeer()
 	ref, err := datastore.RefFromBytes(req.GetRef())
 	if err != nil {
-		return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
+		return false, writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
 	}
 	switch req.GetOp() {
 	case pb.Op_HAVE_BLOB:
-		return writeMsg(st, s.haveBlob(caller, ref))
+		return false, writeMsg(st, s.haveBlob(caller, ref))
 	case pb.Op_GET_BLOB:
 		distance, err := distanceFromWire(req.GetDistance())
 		if err != nil {
-			return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
+			return false, writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: errorMessage(err)})
 		}
 		sent, err := s.getBlob(st, caller, ref, req.GetOffset(), distance)
 		if err != nil || !sent {
-			return err
+			return false, err
 		}
 		return s.ackOnStream(st, caller, ref)
 	case pb.Op_ACCEPTED_BLOB_OWNERSHIP:
-		return writeMsg(st, s.accepted(caller, ref, req.GetSharesTaken()))
+		return false, writeMsg(st, s.accepted(caller, ref, req.GetSharesTaken()))
 	default:
-		return writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: fmt.Sprintf("unknown op %d", req.GetOp())})
+		return false, writeMsg(st, &pb.Response{Status: pb.Status_BAD_REQUEST, Message: fmt.Sprintf("unknown op %d", req.GetOp())})
 	}
 }
 
@@ -245,12 +267,15 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 	if err != nil {
 		return false, writeMsg(st, s.internal(err))
 	}
-	if err := writeMsg(st, &pb.Response{Status: pb.Status_OK, Size: uint64(size), SharesOffered: offered}); err != nil {
-		return false, err
-	}
-
 	bp := s.bufs.Get().(*[]byte)
 	defer s.bufs.Put(bp)
+	// The header goes out with the first bytes, in one write: for a small
+	// blob, one frame and one TLS record instead of two.
+	hdr, err := appendMsg((*bp)[:0], &pb.Response{Status: pb.Status_OK, Size: uint64(size), SharesOffered: offered})
+	if err != nil {
+		return false, err
+	}
+	head := len(hdr)
 	g := newStallGuard(st, s.cfg)
 	if err := g.arm(time.Now()); err != nil {
 		return false, err
@@ -259,16 +284,17 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 	src := io.NewSectionReader(f, int64(offset), want)
 	var sent int64
 	for {
-		n, rerr := src.Read(*bp)
-		if n > 0 {
-			if s.rate != nil {
-				if err := s.rate.WaitN(s.ctx, n); err != nil {
-					return false, err
-				}
+		n, rerr := src.Read((*bp)[head:])
+		if n > 0 && s.rate != nil {
+			if err := s.rate.WaitN(s.ctx, n); err != nil {
+				return false, err
 			}
-			if _, err := g.Write((*bp)[:n]); err != nil {
+		}
+		if head+n > 0 {
+			if _, err := g.Write((*bp)[:head+n]); err != nil {
 				return false, fmt.Errorf("sending %s: %w", ref, err)
 			}
+			head = 0
 			sent += int64(n)
 			s.bytesSent.Add(int64(n))
 		}
