@@ -58,6 +58,7 @@ type env struct {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	e := env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	raiseProcs(e.getenv)
 	err := run(ctx, os.Args[1:], e)
 	stop()
 	os.Exit(report(err, e.stderr))

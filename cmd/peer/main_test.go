@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -173,5 +174,20 @@ func TestBenchJSONKeys(t *testing.T) {
 		if strings.HasPrefix(line, "replication_p50_ms") && (!strings.Contains(line, " - ") || strings.Contains(line, "yes") || strings.Contains(line, "NO")) {
 			t.Errorf("a measurement not run is shown as %q", line)
 		}
+	}
+}
+
+// The peer command runs with extraProcs Ps more than the runtime's default,
+// unless GOMAXPROCS says otherwise.
+func TestRaiseProcs(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before) })
+	raiseProcs(func(string) string { return "3" })
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Fatalf("with GOMAXPROCS set: %d Ps, want %d", got, before)
+	}
+	raiseProcs(func(string) string { return "" })
+	if got := runtime.GOMAXPROCS(0); got != before+extraProcs {
+		t.Fatalf("%d Ps, want %d", got, before+extraProcs)
 	}
 }
