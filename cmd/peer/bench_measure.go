@@ -247,6 +247,9 @@ func fetcherPendingMiB(n int) (float64, error) {
 	}
 	defer f.Close()
 	var before, after runtime.MemStats
+	// Twice: the first GC moves pooled buffers to their pools' victim
+	// caches, the second frees them, so their release is not subtracted.
+	runtime.GC()
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	for i := range n {
@@ -255,7 +258,11 @@ func fetcherPendingMiB(n int) (float64, error) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	runtime.KeepAlive(f)
-	return float64(after.HeapAlloc-before.HeapAlloc) / (1 << 20), nil
+	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if grown <= 0 {
+		return 0, fmt.Errorf("the heap did not grow with %d pending blobs (%d bytes): something else was freed meanwhile", n, grown)
+	}
+	return float64(grown) / (1 << 20), nil
 }
 
 // fetcherSchedPerS measures how many blobs a Fetcher schedules, fetches (a
