@@ -85,8 +85,8 @@ func (s fetchSource) SetFetchAttempts(ctx context.Context, ref datastore.Ref, n 
 
 // fetchInBackground is the server fetcher's fetch: locate through the
 // signpost, resume any partial file, verify, finalize. It returns once the
-// blob is installed, its acknowledgement and record following behind (see
-// Node.fetch). A blob this peer no longer serves a syncgroup of (it left, or
+// blob is verified, its install, acknowledgement and record following behind
+// (see Node.fetch). A blob this peer no longer serves a syncgroup of (it left, or
 // rejoined in another role) is dropped from the queue.
 func (n *Node) fetchInBackground(ctx context.Context, ref datastore.Ref) error {
 	wanted, err := fetchSource{n}.Wanted(ctx, ref)

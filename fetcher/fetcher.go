@@ -263,10 +263,7 @@ func (f *Fetcher) run() {
 	for {
 		f.mu.Lock()
 		now := f.cfg.clock.Now().UnixNano()
-		for f.inFlight < f.cfg.concurrency && len(f.queue) > 0 && f.queue[0].next <= now {
-			s := heap.Pop(&f.queue).(*state)
-			s.expedite = false
-			f.inFlight++
+		for s := f.popDue(now); s != nil; s = f.popDue(now) {
 			f.wg.Go(func() { f.work(s) })
 		}
 		wait := time.Duration(-1)
@@ -310,14 +307,25 @@ func (f *Fetcher) work(s *state) {
 func (f *Fetcher) takeDue() *state {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.ctx.Err() == nil && f.inFlight < f.cfg.concurrency && len(f.queue) > 0 && f.queue[0].next <= f.cfg.clock.Now().UnixNano() {
-		s := heap.Pop(&f.queue).(*state)
-		s.expedite = false
-		f.inFlight++
-		return s
+	if f.ctx.Err() == nil {
+		if s := f.popDue(f.cfg.clock.Now().UnixNano()); s != nil {
+			return s
+		}
 	}
 	f.nudge()
 	return nil
+}
+
+// popDue pops the next blob due by now and counts it in flight, if one is
+// and the number in flight allows; else it returns nil. The caller holds mu.
+func (f *Fetcher) popDue(now int64) *state {
+	if f.inFlight >= f.cfg.concurrency || len(f.queue) == 0 || f.queue[0].next > now {
+		return nil
+	}
+	s := heap.Pop(&f.queue).(*state)
+	s.expedite = false
+	f.inFlight++
+	return s
 }
 
 // attempt makes one attempt, persists the attempt count, and requeues the
