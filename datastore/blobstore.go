@@ -354,7 +354,7 @@ func (s *BlobStore) openPartial(ref Ref) (*Partial, error) {
 	if err != nil {
 		return nil, fmt.Errorf("partial %s: %w", ref, err)
 	}
-	h := newSerialHasher()
+	h := NewHasher()
 	bp := copyBufs.Get().(*[]byte)
 	n, err := io.CopyBuffer(h, f, *bp) // leaves the offset at the end
 	copyBufs.Put(bp)

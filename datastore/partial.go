@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+
+	"github.com/zeebo/blake3"
 )
 
 // A Partial is an open partial file: a blob being received, appended to at its
@@ -17,7 +19,7 @@ type Partial struct {
 	path string
 	f    *os.File // nil once ended
 	w    *appender
-	h    *serialHasher
+	h    *blake3.Hasher
 	n    int64
 
 	verified bool // Verify matched: the appender is finished
