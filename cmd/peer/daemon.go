@@ -157,7 +157,7 @@ func openNode(l layout, opts nodeOptions, log *slog.Logger) (*runningNode, error
 	if err != nil {
 		return nil, err
 	}
-	d, err := leveldb.NewDatastore(l.datastore(), nil)
+	d, err := openDatastore(l.datastore())
 	if err != nil {
 		if strings.Contains(err.Error(), "resource temporarily unavailable") {
 			return nil, fmt.Errorf("another daemon is already running on %s", l)

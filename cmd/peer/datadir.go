@@ -15,6 +15,7 @@ import (
 	leveldb "github.com/ipfs/go-ds-leveldb"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/syndtr/goleveldb/leveldb/filter"
 )
 
 // layout names the files of a data directory (DESIGN §4).
@@ -25,6 +26,17 @@ func (l layout) config() string    { return filepath.Join(string(l), "config.jso
 func (l layout) socket() string    { return filepath.Join(string(l), "api.sock") }
 func (l layout) datastore() string { return filepath.Join(string(l), "datastore") }
 func (l layout) blobs() string     { return filepath.Join(string(l), "blobs") }
+
+// openDatastore opens (creating if needed) the leveldb datastore at path. Its
+// tables carry bloom filters, 10 bits a key: a fetched blob costs about a
+// dozen reads between the two peers (signposts, blob metadata), several of
+// them for keys most tables lack, and a filter rules a table out from memory
+// instead of seeking into its blocks. With 4 KiB blobs, where the fetch is
+// CPU-bound, reads took 11% of the CPU; peer bench --only small measured
+// 1,945–2,127 blobs/s with filters against 1,819–2,081 without (3 pairs).
+func openDatastore(path string) (*leveldb.Datastore, error) {
+	return leveldb.NewDatastore(path, &leveldb.Options{Filter: filter.NewBloomFilter(10)})
+}
 
 // fileConfig is config.json.
 type fileConfig struct {
@@ -159,7 +171,7 @@ func initDataDir(l layout) (peer.ID, error) {
 		}
 	}
 	if _, err := os.Stat(l.datastore()); errors.Is(err, fs.ErrNotExist) {
-		d, err := leveldb.NewDatastore(l.datastore(), nil)
+		d, err := openDatastore(l.datastore())
 		if err != nil {
 			return "", fmt.Errorf("datastore: %w", err)
 		}
