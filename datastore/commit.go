@@ -35,6 +35,7 @@ type writeOp struct {
 	key   ds.Key
 	value []byte
 	del   bool
+	rec   recordID // the cached record key holds, if any
 }
 
 // commit durably writes ops, all or none, and returns the commit's error.

@@ -66,10 +66,10 @@ func (m *MetaStore) ApplyGroupChange(ctx context.Context, id string, ch GroupCha
 		if !sp.Merge(ch.Signposts[ref]) {
 			continue
 		}
-		ops = append(ops, writeOp{key: signpostKey(ref), value: encodeSignpost(sp)})
+		ops = append(ops, signpostOp(ref, encodeSignpost(sp)))
 		changed = append(changed, ref)
 	}
-	if err := m.w.commit(ctx, ops...); err != nil {
+	if err := m.commit(ctx, ops...); err != nil {
 		return nil, fmt.Errorf("syncgroup %s: %w", id, err)
 	}
 	return changed, nil

@@ -26,21 +26,79 @@ const (
 // one record are serialised (read-modify-write under a per-ref lock), so
 // concurrent merges never lose each other's changes. go-ds-leveldb fsyncs
 // every commit, so bulk updates are written in one batch, and concurrent
-// writers share commits (group commit).
+// writers share commits (group commit). Records read or written lately are
+// cached (recordCache), so the MetaStore must be its datastore's only writer
+// of signposts and blob metadata.
 type MetaStore struct {
 	ds    ds.Batching
 	w     committer // every write goes through it: group commit
+	cache *recordCache
 	seed  maphash.Seed
-	locks [64]sync.Mutex
+	locks [stripes]sync.Mutex
 }
+
+const stripes = 64 // record locks, and cache generations
 
 // NewMetaStore returns a MetaStore on d. It does not close d.
 func NewMetaStore(d ds.Batching) *MetaStore {
-	return &MetaStore{ds: d, w: committer{ds: d, ldb: leveldbOf(d)}, seed: maphash.MakeSeed()}
+	return &MetaStore{ds: d, w: committer{ds: d, ldb: leveldbOf(d)}, cache: newRecordCache(maxCachedRecords), seed: maphash.MakeSeed()}
 }
 
 func signpostKey(ref Ref) ds.Key { return ds.RawKey(signpostPrefix + ref.String()) }
 func blobKey(ref Ref) ds.Key     { return ds.RawKey(blobPrefix + ref.String()) }
+
+func (id recordID) key() ds.Key {
+	if id.kind == signpostRecord {
+		return signpostKey(id.ref)
+	}
+	return blobKey(id.ref)
+}
+
+// signpostOp and blobMetaOp write ref's records; a nil value deletes.
+func signpostOp(ref Ref, value []byte) writeOp {
+	return writeOp{key: signpostKey(ref), value: value, del: value == nil, rec: recordID{signpostRecord, ref}}
+}
+
+func blobMetaOp(ref Ref, value []byte) writeOp {
+	return writeOp{key: blobKey(ref), value: value, del: value == nil, rec: recordID{blobMetaRecord, ref}}
+}
+
+// read returns the record id from the cache or, failing that, the datastore;
+// found is false if there is none.
+func (m *MetaStore) read(ctx context.Context, id recordID) (b []byte, found bool, err error) {
+	s := m.stripe(id.ref)
+	rec, ok, gen := m.cache.lookup(id, s)
+	if ok {
+		return rec.b, rec.found, nil
+	}
+	b, err = m.ds.Get(ctx, id.key())
+	if errors.Is(err, ds.ErrNotFound) {
+		m.cache.fill(id, s, gen, cachedRecord{})
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	m.cache.fill(id, s, gen, cachedRecord{b: b, found: true})
+	return b, true, nil
+}
+
+// commit durably writes ops through the group committer, keeping the cache
+// true to what it wrote; commitUnsynced likewise without waiting for the disk.
+func (m *MetaStore) commit(ctx context.Context, ops ...writeOp) error {
+	return m.write(ctx, m.w.commit, ops)
+}
+
+func (m *MetaStore) commitUnsynced(ctx context.Context, ops ...writeOp) error {
+	return m.write(ctx, m.w.commitUnsynced, ops)
+}
+
+func (m *MetaStore) write(ctx context.Context, commit func(context.Context, ...writeOp) error, ops []writeOp) error {
+	m.cache.begin(ops, m.stripe)
+	err := commit(ctx, ops...)
+	m.cache.end(ops, m.stripe, err)
+	return err
+}
 
 func (m *MetaStore) stripe(ref Ref) int {
 	return int(maphash.String(m.seed, ref.c.KeyString()) % uint64(len(m.locks)))
@@ -70,12 +128,12 @@ func (m *MetaStore) Signpost(ctx context.Context, ref Ref) (sp Signpost, found b
 }
 
 func (m *MetaStore) getSignpost(ctx context.Context, ref Ref) (Signpost, bool, error) {
-	b, err := m.ds.Get(ctx, signpostKey(ref))
-	if errors.Is(err, ds.ErrNotFound) {
-		return Signpost{}, false, nil
-	}
+	b, found, err := m.read(ctx, recordID{signpostRecord, ref})
 	if err != nil {
 		return Signpost{}, false, fmt.Errorf("signpost %s: %w", ref, err)
+	}
+	if !found {
+		return Signpost{}, false, nil
 	}
 	sp, err := decodeSignpost(b)
 	if err != nil {
@@ -96,7 +154,7 @@ func (m *MetaStore) UpdateSignpost(ctx context.Context, ref Ref, fn func(*Signpo
 	if !fn(&sp) {
 		return sp, nil
 	}
-	if err := m.w.commit(ctx, writeOp{key: signpostKey(ref), value: encodeSignpost(sp)}); err != nil {
+	if err := m.commit(ctx, signpostOp(ref, encodeSignpost(sp))); err != nil {
 		return Signpost{}, fmt.Errorf("signpost %s: %w", ref, err)
 	}
 	return sp, nil
@@ -122,10 +180,10 @@ func (m *MetaStore) UpdateSignposts(ctx context.Context, refs []Ref, fn func(Ref
 		if !fn(ref, &sp) {
 			continue
 		}
-		ops = append(ops, writeOp{key: signpostKey(ref), value: encodeSignpost(sp)})
+		ops = append(ops, signpostOp(ref, encodeSignpost(sp)))
 		changed = append(changed, ref)
 	}
-	if err := m.w.commit(ctx, ops...); err != nil {
+	if err := m.commit(ctx, ops...); err != nil {
 		return nil, fmt.Errorf("signposts: %w", err)
 	}
 	return changed, nil
@@ -147,7 +205,7 @@ func (m *MetaStore) SetFetchAttempts(ctx context.Context, ref Ref, n uint32) err
 func (m *MetaStore) DeleteSignpost(ctx context.Context, ref Ref) error {
 	unlock := m.lock(ref)
 	defer unlock()
-	return m.w.commit(ctx, writeOp{key: signpostKey(ref), del: true})
+	return m.commit(ctx, signpostOp(ref, nil))
 }
 
 // ForEachSignpost calls fn for every stored signpost until fn returns an error.
@@ -174,12 +232,12 @@ func (m *MetaStore) forEach(ctx context.Context, prefix string, fn func(Ref, []b
 
 // BlobMeta returns ref's metadata; found is false if there is none.
 func (m *MetaStore) BlobMeta(ctx context.Context, ref Ref) (meta BlobMeta, found bool, err error) {
-	b, err := m.ds.Get(ctx, blobKey(ref))
-	if errors.Is(err, ds.ErrNotFound) {
-		return BlobMeta{}, false, nil
-	}
+	b, found, err := m.read(ctx, recordID{blobMetaRecord, ref})
 	if err != nil {
 		return BlobMeta{}, false, fmt.Errorf("blob metadata %s: %w", ref, err)
+	}
+	if !found {
+		return BlobMeta{}, false, nil
 	}
 	meta, err = decodeBlobMeta(b)
 	if err != nil {
@@ -192,14 +250,14 @@ func (m *MetaStore) BlobMeta(ctx context.Context, ref Ref) (meta BlobMeta, found
 // result if fn reports a change. Updates of one ref are serialised, so a
 // read-modify-write of its shares is atomic.
 func (m *MetaStore) UpdateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMeta) bool) (BlobMeta, error) {
-	return m.updateBlobMeta(ctx, ref, fn, m.w.commit)
+	return m.updateBlobMeta(ctx, ref, fn, m.commit)
 }
 
 // UpdateBlobMetaUnsynced is UpdateBlobMeta for a change whose loss in a
 // crash is harmless: it returns once the change is written and visible, not
 // once it is on disk (the next durable write of this store takes it along).
 func (m *MetaStore) UpdateBlobMetaUnsynced(ctx context.Context, ref Ref, fn func(*BlobMeta) bool) (BlobMeta, error) {
-	return m.updateBlobMeta(ctx, ref, fn, m.w.commitUnsynced)
+	return m.updateBlobMeta(ctx, ref, fn, m.commitUnsynced)
 }
 
 func (m *MetaStore) updateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMeta) bool, commit func(context.Context, ...writeOp) error) (BlobMeta, error) {
@@ -212,7 +270,7 @@ func (m *MetaStore) updateBlobMeta(ctx context.Context, ref Ref, fn func(*BlobMe
 	if !fn(&meta) {
 		return meta, nil
 	}
-	if err := commit(ctx, writeOp{key: blobKey(ref), value: encodeBlobMeta(meta)}); err != nil {
+	if err := commit(ctx, blobMetaOp(ref, encodeBlobMeta(meta))); err != nil {
 		return BlobMeta{}, fmt.Errorf("blob metadata %s: %w", ref, err)
 	}
 	return meta, nil
@@ -235,12 +293,12 @@ func (m *MetaStore) UpdateBlobAndSignpostUnsynced(ctx context.Context, ref Ref, 
 	}
 	var ops []writeOp
 	if fnMeta(&meta) {
-		ops = append(ops, writeOp{key: blobKey(ref), value: encodeBlobMeta(meta)})
+		ops = append(ops, blobMetaOp(ref, encodeBlobMeta(meta)))
 	}
 	if fnSp(&sp) {
-		ops = append(ops, writeOp{key: signpostKey(ref), value: encodeSignpost(sp)})
+		ops = append(ops, signpostOp(ref, encodeSignpost(sp)))
 	}
-	if err := m.w.commitUnsynced(ctx, ops...); err != nil {
+	if err := m.commitUnsynced(ctx, ops...); err != nil {
 		return fmt.Errorf("blob %s: %w", ref, err)
 	}
 	return nil
@@ -250,7 +308,7 @@ func (m *MetaStore) UpdateBlobAndSignpostUnsynced(ctx context.Context, ref Ref, 
 func (m *MetaStore) DeleteBlobMeta(ctx context.Context, ref Ref) error {
 	unlock := m.lock(ref)
 	defer unlock()
-	return m.w.commit(ctx, writeOp{key: blobKey(ref), del: true})
+	return m.commit(ctx, blobMetaOp(ref, nil))
 }
 
 var errCorrupt = errors.New("corrupt record")
