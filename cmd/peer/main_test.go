@@ -191,3 +191,12 @@ func TestRaiseProcs(t *testing.T) {
 		t.Fatalf("%d Ps, want %d", got, before+extraProcs)
 	}
 }
+
+// Each throughput transfer goes first in as many rounds as the other.
+func TestBenchRoundsAreEven(t *testing.T) {
+	for name, s := range map[string]benchSizes{"full": fullSizes, "quick": quickSizes} {
+		if s.rounds < 2 || s.rounds%2 != 0 {
+			t.Errorf("%s: %d throughput rounds, want an even number", name, s.rounds)
+		}
+	}
+}
