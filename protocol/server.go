@@ -271,7 +271,8 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 	defer s.bufs.Put(bp)
 	// A blob that fits in the buffer after the header goes out in one write
 	// with it: one frame and one TLS record instead of two, which counts for
-	// small blobs. A larger one's reads stay aligned to the file's pages (a
+	// small blobs. A larger one goes from a mapping of its file where the
+	// stream allows (mapped.go), else in reads aligned to the file's pages (a
 	// 1 GiB fetch read from unaligned offsets measured 0.60–0.68 of the bare
 	// stream with 2 Ps, against 0.65–0.78).
 	want := size - int64(offset)
@@ -290,14 +291,20 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 	if err := g.arm(time.Now()); err != nil {
 		return false, err
 	}
-	src := io.NewSectionReader(f, int64(offset), want)
 	var sent int64
+	if head == 0 && copiesInWrite(st) {
+		before := func(n int) error { return s.waitRate(n) }
+		count := func(n int) { s.bytesSent.Add(int64(n)) }
+		sent, err = sendMapped(g, f, int64(offset), size, mapWindow, len(*bp), before, count)
+		if err != nil && !errors.Is(err, errMapUnsupported) {
+			return false, fmt.Errorf("sending %s: %w", ref, err)
+		}
+	}
+	src := io.NewSectionReader(f, int64(offset)+sent, want-sent)
 	for {
 		n, rerr := src.Read((*bp)[head:])
-		if n > 0 && s.rate != nil {
-			if err := s.rate.WaitN(s.ctx, n); err != nil {
-				return false, err
-			}
+		if err := s.waitRate(n); err != nil {
+			return false, err
 		}
 		if head+n > 0 {
 			if _, err := g.Write((*bp)[:head+n]); err != nil {
@@ -321,6 +328,14 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 	s.blobsServed.Add(1)
 	s.served.record(caller, ref, distance, time.Now())
 	return true, nil
+}
+
+// waitRate waits until the rate limit, if any, lets n more bytes go.
+func (s *Server) waitRate(n int) error {
+	if n == 0 || s.rate == nil {
+		return nil
+	}
+	return s.rate.WaitN(s.ctx, n)
 }
 
 // internal logs err and answers INTERNAL without local details (paths).
