@@ -14,8 +14,8 @@ import (
 // A blob larger than the transfer buffer is sent from a read-only mapping of
 // its file where that is safe, not read into the buffer first: the muxer
 // copies each piece into its frame straight from the page cache. On 2 cores,
-// with both peers of `peer bench` there, a 1 GiB fetch ran at 0.918 of the
-// bare stream against 0.877 reading (11 interleaved pairs), the read's copy
+// with both peers of `peer bench` there, a 1 GiB fetch ran at 0.877 of the
+// bare stream against 0.856 reading (14 interleaved pairs), the read's copy
 // being 0.11 CPU-s per GiB on the sender.
 //
 // Reading a mapping can fault where a read would have failed (an I/O error,
