@@ -47,6 +47,10 @@ type appendJob struct {
 	n   int
 }
 
+// PartialChunk is how many bytes a Partial copies into one chunk: a writer
+// that hands it that many at a time from byte 0 fills each in one copy.
+const PartialChunk = appendChunk
+
 const (
 	appendChunk = 1 << 20 // bytes per write behind the caller
 	dioAlign    = 4096    // file offset, length and memory alignment for O_DIRECT

@@ -264,27 +264,48 @@ func acceptAnswer(p peer.ID, resp *pb.Response, taken map[string]int32) (map[str
 	return granted, resp.GetKeeping(), nil
 }
 
+// A transfer of at least gatherSize bytes is handed on gatherSize at a time,
+// its reads (one yamux frame each, < 64 KiB) gathered in a buffer first: a
+// Partial's chunk (datastore.PartialChunk), so that a fetch from byte 0 fills
+// each chunk in one copy, which Go's memmove makes with non-temporal stores
+// from 1 MiB up, instead of reading in every cache line it overwrites. On 2
+// cores (peer bench, 12 interleaved pairs) a 1 GiB fetch ran at 0.93 of the
+// bare stream this way, against 0.86 handing each read on; those copies had
+// taken 0.185 CPU-s per GiB. Reading on at once, which is what lets yamux
+// grow the stream's window, is the same either way.
+const gatherSize = datastore.PartialChunk
+
+var gatherBufs = sync.Pool{New: func() any { b := make([]byte, gatherSize); return &b }}
+
 // receive copies the raw bytes [offset, size) from st to w.
 func (c *Client) receive(st network.Stream, w io.Writer, offset, size int64, progress Progress) (int64, error) {
-	if err := st.Scope().ReserveMemory(c.cfg.bufferSize, network.ReservationPriorityAlways); err != nil {
+	remaining := size - offset
+	pool, gather := &c.bufs, remaining >= gatherSize
+	if gather {
+		pool = &gatherBufs
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	buf := *bp
+	if err := st.Scope().ReserveMemory(len(buf), network.ReservationPriorityAlways); err != nil {
 		return 0, fmt.Errorf("reserving transfer memory: %w", err)
 	}
-	defer st.Scope().ReleaseMemory(c.cfg.bufferSize)
-	bp := c.bufs.Get().(*[]byte)
-	defer c.bufs.Put(bp)
-	buf := *bp
+	defer st.Scope().ReleaseMemory(len(buf))
 
 	g := newStallGuard(st, c.cfg)
 	if err := g.arm(time.Now()); err != nil {
 		return 0, err
 	}
 	var written int64
-	remaining := size - offset
 	for remaining > 0 {
-		// Each read is handed over as it comes (one yamux frame, < 64 KiB):
-		// the store only copies it, hashing and writing behind, and reading
-		// on at once is what lets yamux grow the stream's window.
-		n, rerr := g.Read(buf[:min(int64(len(buf)), remaining)])
+		// The store only copies what it is handed, hashing and writing behind.
+		want := buf[:min(int64(len(buf)), remaining)]
+		n, rerr := g.Read(want)
+		for gather && rerr == nil && n < len(want) {
+			var k int
+			k, rerr = g.Read(want[n:])
+			n += k
+		}
 		if n > 0 {
 			if _, err := w.Write(buf[:n]); err != nil {
 				return written, localError(err)

@@ -335,3 +335,40 @@ func TestFailedFetchLeavesNoPartial(t *testing.T) {
 		t.Fatalf("a fetch that received nothing left a %d-byte partial file", n)
 	}
 }
+
+// recordingWriter keeps what it is handed and the size of each write.
+type recordingWriter struct {
+	buf    bytes.Buffer
+	writes []int
+}
+
+func (w *recordingWriter) Write(b []byte) (int, error) {
+	w.writes = append(w.writes, len(b))
+	return w.buf.Write(b)
+}
+
+// A large transfer is handed on a Partial's chunk at a time (the last piece
+// excepted); a small one as it arrives, in writes no larger than the buffer.
+func TestTransferIsHandedOnInChunks(t *testing.T) {
+	a := newServing(t, false)
+	b := newFetching(t, a.h, false)
+	for _, size := range []int{3*gatherSize + 5, gatherSize, 100 << 10} {
+		data := randomBytes(t, size)
+		ref := a.put(t, data, true)
+		var w recordingWriter
+		if _, _, err := b.getBlob(t.Context(), a.h.ID(), ref, 0, &w); err != nil || !bytes.Equal(w.buf.Bytes(), data) {
+			t.Fatalf("%d bytes: %v, got %d bytes", size, err, w.buf.Len())
+		}
+		for i, n := range w.writes {
+			switch {
+			case size >= gatherSize && i < len(w.writes)-1 && n != gatherSize:
+				t.Fatalf("%d bytes: write %d of %d was %d bytes, want %d", size, i, len(w.writes), n, gatherSize)
+			case size < gatherSize && n > DefaultBufferSize:
+				t.Fatalf("%d bytes: a write of %d, more than the %d buffer", size, n, DefaultBufferSize)
+			}
+		}
+		if size >= gatherSize && len(w.writes) != (size+gatherSize-1)/gatherSize {
+			t.Fatalf("%d bytes in %d writes", size, len(w.writes))
+		}
+	}
+}
