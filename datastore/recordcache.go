@@ -112,9 +112,3 @@ func (c *recordCache) put(id recordID, rec cachedRecord) {
 	}
 	c.recs[id] = rec
 }
-
-func (c *recordCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.recs)
-}

@@ -11,6 +11,12 @@ import (
 	dssync "github.com/ipfs/go-datastore/sync"
 )
 
+func (c *recordCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.recs)
+}
+
 // getCountingDS counts the reads that reach the datastore.
 type getCountingDS struct {
 	ds.Batching

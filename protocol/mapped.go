@@ -36,18 +36,17 @@ func copiesInWrite(st network.Stream) bool {
 // sendMapped writes [off, end) of f to w from read-only mappings of the
 // file, window bytes at a time (a multiple of the page size), in writes of at
 // most piece bytes, calling before ahead of each (the rate limit) and sent
-// after it. It returns
-// errMapUnsupported, having sent nothing, where the file cannot be mapped;
-// a fault reading the file is an error.
+// after it. It returns errMapUnsupported, having sent nothing, where the
+// file cannot be mapped; a fault reading the file is an error.
 func sendMapped(w io.Writer, f *os.File, off, end int64, window int64, piece int, before func(int) error, sent func(int)) (n int64, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			if e, ok := r.(interface{ Addr() uintptr }); !ok {
+			fault, ok := r.(interface{ Addr() uintptr })
+			if !ok {
 				panic(r)
-			} else {
-				err = fmt.Errorf("reading the file: fault at %#x", e.Addr())
 			}
+			err = fmt.Errorf("reading the file: fault at %#x", fault.Addr())
 		}
 	}()
 	for off < end {

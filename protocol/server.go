@@ -293,9 +293,8 @@ func (s *Server) getBlob(st network.Stream, caller peer.ID, ref datastore.Ref, o
 	}
 	var sent int64
 	if head == 0 && copiesInWrite(st) {
-		before := func(n int) error { return s.waitRate(n) }
 		count := func(n int) { s.bytesSent.Add(int64(n)) }
-		sent, err = sendMapped(g, f, int64(offset), size, mapWindow, len(*bp), before, count)
+		sent, err = sendMapped(g, f, int64(offset), size, mapWindow, len(*bp), s.waitRate, count)
 		if err != nil && !errors.Is(err, errMapUnsupported) {
 			return false, fmt.Errorf("sending %s: %w", ref, err)
 		}
