@@ -29,12 +29,23 @@ type keptStream struct {
 	since time.Time
 }
 
-// streamPool holds the streams a Client keeps, by peer.
+// streamPool holds the streams a Client keeps, by peer. While it holds any,
+// a sweep is armed for when the oldest goes stale: a peer the Client never
+// calls again would otherwise keep its streams, each holding a stream of the
+// resource manager's limits on both sides, until the Client closed.
 type streamPool struct {
 	mu     sync.Mutex
 	closed bool
 	kept   map[peer.ID][]keptStream
+	sweep  stopper // armed while any stream is kept; nil otherwise
+
+	// Tests set these; nil means time.Now and time.AfterFunc.
+	now       func() time.Time
+	afterFunc func(time.Duration, func()) stopper
 }
+
+// stopper is what streamPool needs of a *time.Timer.
+type stopper interface{ Stop() bool }
 
 // take returns a stream kept for p, or nil; streams kept too long are closed.
 func (sp *streamPool) take(p peer.ID, now time.Time) network.Stream {
@@ -62,6 +73,7 @@ func (sp *streamPool) put(p peer.ID, st network.Stream, now time.Time) {
 			sp.kept = map[peer.ID][]keptStream{}
 		}
 		sp.kept[p] = append(sp.kept[p], keptStream{st: st, since: now})
+		sp.arm(now)
 	}
 	sp.mu.Unlock()
 	closeAll(stale)
@@ -93,6 +105,10 @@ func (sp *streamPool) prune(p peer.ID, now time.Time) []network.Stream {
 func (sp *streamPool) close() {
 	sp.mu.Lock()
 	sp.closed = true
+	if sp.sweep != nil {
+		sp.sweep.Stop()
+		sp.sweep = nil
+	}
 	var all []network.Stream
 	for _, l := range sp.kept {
 		for _, k := range l {
@@ -102,6 +118,48 @@ func (sp *streamPool) close() {
 	sp.kept = nil
 	sp.mu.Unlock()
 	closeAll(all)
+}
+
+// arm schedules a sweep for when the oldest kept stream goes stale, unless
+// one is scheduled or none is kept; the caller holds mu.
+func (sp *streamPool) arm(now time.Time) {
+	if sp.sweep != nil || sp.closed || len(sp.kept) == 0 {
+		return
+	}
+	oldest := now
+	for _, l := range sp.kept {
+		oldest = minTime(oldest, l[0].since) // each list is oldest first
+	}
+	after := sp.afterFunc
+	if after == nil {
+		after = func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) }
+	}
+	sp.sweep = after(oldest.Add(keptFor).Sub(now), sp.sweepStale)
+}
+
+// sweepStale closes the streams of every peer kept too long and arms the
+// next sweep.
+func (sp *streamPool) sweepStale() {
+	now := time.Now()
+	if sp.now != nil {
+		now = sp.now()
+	}
+	sp.mu.Lock()
+	sp.sweep = nil
+	var stale []network.Stream
+	for p := range sp.kept {
+		stale = append(stale, sp.prune(p, now)...)
+	}
+	sp.arm(now)
+	sp.mu.Unlock()
+	closeAll(stale)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func closeAll(sts []network.Stream) {

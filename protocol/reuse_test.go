@@ -136,3 +136,83 @@ func TestStreamPoolBounds(t *testing.T) {
 		st.Reset()
 	}
 }
+
+// fakeTimers stands in for time.AfterFunc: it records what was scheduled,
+// and the test fires it.
+type fakeTimers struct {
+	delays  []time.Duration
+	fns     []func()
+	stopped int
+}
+
+func (ft *fakeTimers) afterFunc(d time.Duration, f func()) stopper {
+	ft.delays, ft.fns = append(ft.delays, d), append(ft.fns, f)
+	return ft
+}
+
+func (ft *fakeTimers) Stop() bool { ft.stopped++; return true }
+
+// A peer never called again does not keep its streams: a sweep armed for
+// when the oldest kept stream goes stale closes it, whoever it was kept for,
+// and the next is armed only while streams are kept. Close disarms it.
+func TestStreamPoolSweepsStaleStreams(t *testing.T) {
+	a1, a2 := newServing(t, false), newServing(t, false)
+	b := newFetching(t, a1.h, false)
+	b.h.Peerstore().AddAddrs(a2.h.ID(), a2.h.Addrs(), time.Hour)
+	open := func(to peer.ID) network.Stream {
+		t.Helper()
+		st, err := b.h.NewStream(t.Context(), to, ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	start := time.Now()
+	clock := start
+	var timers fakeTimers
+	pool := streamPool{now: func() time.Time { return clock }, afterFunc: timers.afterFunc}
+
+	s1, s2 := open(a1.h.ID()), open(a2.h.ID())
+	pool.put(a1.h.ID(), s1, start)
+	pool.put(a2.h.ID(), s2, start.Add(3*time.Second))
+	if len(timers.fns) != 1 || timers.delays[0] != keptFor {
+		t.Fatalf("after 2 puts: sweeps scheduled after %v, want one after %v", timers.delays, keptFor)
+	}
+
+	clock = start.Add(keptFor)
+	timers.fns[0]()
+	if _, err := s1.Write([]byte{0}); err == nil {
+		t.Fatal("the stream kept for keptFor is still open")
+	}
+	if l := pool.kept[a2.h.ID()]; len(l) != 1 || l[0].st != s2 {
+		t.Fatal("the fresher stream is no longer kept")
+	}
+	if len(pool.kept) != 1 || len(timers.fns) != 2 || timers.delays[1] != 3*time.Second {
+		t.Fatalf("after the first sweep: %d peers kept, sweeps after %v; want 1, and the next after 3s", len(pool.kept), timers.delays)
+	}
+
+	clock = start.Add(3*time.Second + keptFor)
+	timers.fns[1]()
+	if _, err := s2.Write([]byte{0}); err == nil {
+		t.Fatal("the second stream is still open after its sweep")
+	}
+	if len(pool.kept) != 0 || len(timers.fns) != 2 || pool.sweep != nil {
+		t.Fatalf("an empty pool: %d peers kept, %d sweeps scheduled, armed %v; want none armed", len(pool.kept), len(timers.fns), pool.sweep != nil)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for streamsBetween(b.h, a1.h.ID())+streamsBetween(b.h, a2.h.ID()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the swept streams are still open")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	pool.put(a1.h.ID(), open(a1.h.ID()), clock)
+	if len(timers.fns) != 3 {
+		t.Fatalf("a put into an empty pool scheduled %d sweeps in all, want 3", len(timers.fns))
+	}
+	pool.close()
+	if timers.stopped != 1 || pool.sweep != nil {
+		t.Fatalf("Close stopped %d sweeps (armed %v), want 1", timers.stopped, pool.sweep != nil)
+	}
+}
