@@ -9,9 +9,10 @@ import (
 )
 
 // An appender hashes and writes a partial file's new bytes behind its
-// caller. Write copies them into aligned chunks; a full chunk goes to a
-// goroutine that hashes it and then to one that writes it, with direct I/O
-// where the file system allows it, while the caller goes on receiving. So the
+// caller. Write copies them into aligned chunks, unless the caller put them
+// there (AvailableBuffer); a full chunk goes to a goroutine that hashes it
+// and then to one that writes it, with direct I/O where the file system
+// allows it, while the caller goes on receiving. So the
 // stream, the hash and the disk work at once: measured here on a 1 GiB fetch,
 // hashing on the receiving goroutine took 0.8–1.0 s of its 1.6–1.9 s. And a
 // GiB written through the page cache cost 1.5 s of CPU, against 0.12 s with
@@ -69,10 +70,28 @@ func newAppender(f *os.File, path string, size int64, h io.Writer) *appender {
 	return &appender{f: f, h: h, path: path, off: size}
 }
 
+// AvailableBuffer returns an empty slice whose capacity is the free part of
+// the chunk being filled, as bufio.Writer's does: bytes put there and then
+// passed to Write are taken where they are, not copied. It is valid until the
+// next Write.
+func (a *appender) AvailableBuffer() []byte {
+	if a.buf == nil {
+		a.take()
+	}
+	return a.cur[len(a.cur):len(a.cur):a.max]
+}
+
 // Write takes b, to be written at the end of what it took before.
 func (a *appender) Write(b []byte) (int, error) {
 	if err := a.failed(); err != nil {
 		return 0, err
+	}
+	if a.inPlace(b) {
+		a.cur = a.cur[:len(a.cur)+len(b)]
+		if len(a.cur) == a.max {
+			return len(b), a.hand()
+		}
+		return len(b), nil
 	}
 	n := len(b)
 	for len(b) > 0 {
@@ -89,6 +108,13 @@ func (a *appender) Write(b []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// inPlace reports whether b begins where cur's free part does and fits in it:
+// bytes put in AvailableBuffer's slice.
+func (a *appender) inPlace(b []byte) bool {
+	return a.buf != nil && len(b) > 0 && len(b) <= a.max-len(a.cur) &&
+		unsafe.SliceData(b) == unsafe.SliceData(a.cur[len(a.cur):a.max])
 }
 
 // take makes cur an empty chunk that ends at an aligned file offset.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
 
 	"go.uber.org/goleak"
 )
@@ -184,5 +185,82 @@ func TestPartialDiscardedMidBlob(t *testing.T) {
 	}
 	if files := dirEntries(t, s.Dir()); len(files) != 0 {
 		t.Fatalf("files left: %v", files)
+	}
+}
+
+// Bytes put in AvailableBuffer's slice and passed to Write are taken where
+// they are, in pieces or whole, between writes copied from elsewhere; on a
+// resumed file at an unaligned offset the first slice ends at an aligned
+// one, so the chunks after it still go directly. Once verified, a Partial
+// lends nothing.
+func TestPartialFilledInPlace(t *testing.T) {
+	s := openStore(t)
+	data := randomBytes(t, 4*appendChunk+5000)
+	ref := RefOf(data)
+	cut := appendChunk/2 + 123
+	p, err := s.OpenPartial(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeInPieces(t, p, data[:cut])
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if p, err = s.OpenPartial(ref); err != nil {
+		t.Fatal(err)
+	}
+	w := p.w
+	off := cut
+	for step := 0; off < len(data); step++ {
+		b := p.AvailableBuffer()
+		room := appendChunk
+		if step == 0 {
+			room = appendChunk - cut%dioAlign // to the aligned end of the resumed file's first chunk
+		}
+		if len(b) != 0 || cap(b) != room {
+			t.Fatalf("step %d at %d: AvailableBuffer has len %d, cap %d; want 0, %d", step, off, len(b), cap(b), room)
+		}
+		k := min(cap(b), len(data)-off)
+		if step == 1 { // a piece from elsewhere, copied, then the rest in place
+			if n, err := p.Write(bytes.Clone(data[off : off+777])); err != nil || n != 777 {
+				t.Fatalf("Write = %d, %v", n, err)
+			}
+			off += 777
+			rest := p.AvailableBuffer()
+			if unsafe.SliceData(rest) != &b[:cap(b)][777] {
+				t.Fatal("after a copied write, AvailableBuffer does not begin after its bytes")
+			}
+			b, k = rest, k-777
+		}
+		half := k / 2
+		b = append(b, data[off:off+half]...)
+		if n, err := p.Write(b); err != nil || n != half {
+			t.Fatalf("Write in place = %d, %v", n, err)
+		}
+		b = p.AvailableBuffer()
+		b = append(b, data[off+half:off+k]...)
+		if n, err := p.Write(b); err != nil || n != k-half {
+			t.Fatalf("Write in place = %d, %v", n, err)
+		}
+		off += k
+	}
+	if p.Size() != int64(len(data)) {
+		t.Fatalf("Size = %d, want %d", p.Size(), len(data))
+	}
+	if err := p.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	if b := p.AvailableBuffer(); b != nil {
+		t.Fatalf("a verified Partial lent %d bytes", cap(b))
+	}
+	if _, err := p.Finalize(); err != nil {
+		t.Fatal(err)
+	}
+	// The chunks from 1.5 MiB to 3.5 MiB were whole and aligned.
+	if want := int64(2 * appendChunk); directIO(t) && w.directBytes != want {
+		t.Errorf("%d bytes written directly, want %d", w.directBytes, want)
+	}
+	if got := readBlob(t, s, ref); !bytes.Equal(got, data) {
+		t.Fatal("the blob differs from what was written")
 	}
 }

@@ -42,6 +42,18 @@ func (p *Partial) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// AvailableBuffer returns an empty slice whose capacity is the room left in
+// the chunk the next bytes go into, as bufio.Writer's does: a caller that
+// reads them from elsewhere can read them there and pass them to Write, which
+// then copies nothing. It is valid until the next Write, and nil once the
+// Partial is verified or ended.
+func (p *Partial) AvailableBuffer() []byte {
+	if p.f == nil || p.verified {
+		return nil
+	}
+	return p.w.AvailableBuffer()
+}
+
 // sync writes what the appender still holds, fsyncs and closes the file.
 func (p *Partial) sync() error {
 	err := p.w.finish()

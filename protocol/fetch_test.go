@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/blobsync/blobsync/datastore"
 )
@@ -347,8 +349,31 @@ func (w *recordingWriter) Write(b []byte) (int, error) {
 	return w.buf.Write(b)
 }
 
+// lendingWriter lends a buffer for its next bytes, as a Partial does, and
+// counts the writes that arrive in it.
+type lendingWriter struct {
+	recordingWriter
+	lent    []byte
+	inPlace int
+}
+
+func (w *lendingWriter) AvailableBuffer() []byte {
+	if w.lent == nil {
+		w.lent = make([]byte, gatherSize)
+	}
+	return w.lent[:0]
+}
+
+func (w *lendingWriter) Write(b []byte) (int, error) {
+	if len(b) > 0 && unsafe.SliceData(b) == unsafe.SliceData(w.lent) {
+		w.inPlace++
+	}
+	return w.recordingWriter.Write(b)
+}
+
 // A large transfer is handed on a Partial's chunk at a time (the last piece
-// excepted); a small one as it arrives, in writes no larger than the buffer.
+// excepted), read into the writer's own buffer where it lends one; a small
+// one as it arrives, in writes no larger than the buffer.
 func TestTransferIsHandedOnInChunks(t *testing.T) {
 	a := newServing(t, false)
 	b := newFetching(t, a.h, false)
@@ -358,6 +383,16 @@ func TestTransferIsHandedOnInChunks(t *testing.T) {
 		var w recordingWriter
 		if _, _, err := b.getBlob(t.Context(), a.h.ID(), ref, 0, &w); err != nil || !bytes.Equal(w.buf.Bytes(), data) {
 			t.Fatalf("%d bytes: %v, got %d bytes", size, err, w.buf.Len())
+		}
+		var lw lendingWriter
+		if _, _, err := b.getBlob(t.Context(), a.h.ID(), ref, 0, &lw); err != nil || !bytes.Equal(lw.buf.Bytes(), data) {
+			t.Fatalf("%d bytes to a lending writer: %v, got %d bytes", size, err, lw.buf.Len())
+		}
+		if !slices.Equal(lw.writes, w.writes) {
+			t.Fatalf("%d bytes: writes of %v to a lending writer, %v to another", size, lw.writes, w.writes)
+		}
+		if want := map[bool]int{true: len(lw.writes), false: 0}[size >= gatherSize]; lw.inPlace != want {
+			t.Fatalf("%d bytes: %d of %d writes in the lent buffer, want %d", size, lw.inPlace, len(lw.writes), want)
 		}
 		for i, n := range w.writes {
 			switch {
