@@ -40,7 +40,8 @@ type benchResult struct {
 // benchSizes are how much each measurement moves.
 type benchSizes struct {
 	fetchBytes   int64
-	rounds       int
+	rounds       int // throughput rounds over TCP, each a fetch and a bare stream
+	quicRounds   int // likewise over QUIC (no target; 3× slower a round)
 	replications int
 	smallBlobs   int
 	pending      int
@@ -50,10 +51,11 @@ type benchSizes struct {
 // The throughput rounds alternate which transfer goes first, and their count
 // is even: over 5 runs of 8 rounds here the fetch's ratio was 0.005–0.053
 // higher (mean 0.034) in the rounds it went first. One round's ratio varies
-// by about 0.06 (sd), so a run of 4 rounds by about 0.03.
+// by 0.068 (sd over 64 rounds in 16 runs, with no part of it shared by the
+// rounds of one run): a run of 4 rounds by 0.034, a run of 8 by 0.024.
 var (
-	fullSizes  = benchSizes{fetchBytes: 1 << 30, rounds: 4, replications: 50, smallBlobs: 10_000, pending: 1_000_000, scheduled: 1_000_000}
-	quickSizes = benchSizes{fetchBytes: 64 << 20, rounds: 2, replications: 10, smallBlobs: 500, pending: 1_000_000, scheduled: 200_000}
+	fullSizes  = benchSizes{fetchBytes: 1 << 30, rounds: 8, quicRounds: 4, replications: 50, smallBlobs: 10_000, pending: 1_000_000, scheduled: 1_000_000}
+	quickSizes = benchSizes{fetchBytes: 64 << 20, rounds: 2, quicRounds: 2, replications: 10, smallBlobs: 500, pending: 1_000_000, scheduled: 200_000}
 )
 
 func cmdBench(ctx context.Context, args []string, e env) error {
@@ -123,14 +125,14 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	}
 	if measure("fetch") {
 		progress("fetch vs bare stream, TCP, %s × %d", formatBytes(sizes.fetchBytes), sizes.rounds)
-		if r.FetchMbps, r.RawStreamMbps, err = b.throughput("/ip4/127.0.0.1/tcp/0", sizes); err != nil {
+		if r.FetchMbps, r.RawStreamMbps, err = b.throughput("/ip4/127.0.0.1/tcp/0", sizes.fetchBytes, sizes.rounds); err != nil {
 			return fmt.Errorf("bench: tcp throughput: %w", err)
 		}
 		r.FetchRatio = r.FetchMbps / r.RawStreamMbps
 	}
 	if measure("quic") {
-		progress("fetch vs bare stream, QUIC")
-		if r.QuicFetchMbps, r.QuicRawStreamMbps, err = b.throughput("/ip4/127.0.0.1/udp/0/quic-v1", sizes); err != nil {
+		progress("fetch vs bare stream, QUIC, %s × %d", formatBytes(sizes.fetchBytes), sizes.quicRounds)
+		if r.QuicFetchMbps, r.QuicRawStreamMbps, err = b.throughput("/ip4/127.0.0.1/udp/0/quic-v1", sizes.fetchBytes, sizes.quicRounds); err != nil {
 			return fmt.Errorf("bench: quic throughput: %w", err)
 		}
 		r.QuicFetchRatio = r.QuicFetchMbps / r.QuicRawStreamMbps

@@ -31,15 +31,16 @@ func fill(b []byte, seed uint64) {
 }
 
 // throughput measures, over the transport of listen, a verified fetch of a
-// blob beside a bare libp2p stream carrying as many bytes from memory to
-// nowhere, alternating the two on one connection. It returns both in MB/s.
-func (b *bencher) throughput(listen string, sizes benchSizes) (fetchMBps, rawMBps float64, err error) {
+// blob of size bytes beside a bare libp2p stream carrying as many bytes from
+// memory to nowhere, in rounds alternating which goes first. It returns both
+// in MB/s.
+func (b *bencher) throughput(listen string, size int64, rounds int) (fetchMBps, rawMBps float64, err error) {
 	src, err := b.node(listen)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer src.Close()
-	data := make([]byte, sizes.fetchBytes)
+	data := make([]byte, size)
 	fill(data, 1)
 	ref, _, err := src.node.Put(b.ctx, bytes.NewReader(data), blobsync.PutOptions{Public: true})
 	if err != nil {
@@ -58,7 +59,7 @@ func (b *bencher) throughput(listen string, sizes benchSizes) (fetchMBps, rawMBp
 	from := peer.AddrInfo{ID: src.host.ID(), Addrs: src.host.Addrs()}
 
 	var fetchTime, rawTime time.Duration
-	for round := range sizes.rounds {
+	for round := range rounds {
 		dst, err := b.node(listen) // a fresh receiver each round: nothing held yet
 		if err != nil {
 			return 0, 0, err
@@ -102,7 +103,7 @@ func (b *bencher) throughput(listen string, sizes benchSizes) (fetchMBps, rawMBp
 			return 0, 0, err
 		}
 	}
-	moved := float64(sizes.rounds) * float64(len(data)) / 1e6
+	moved := float64(rounds) * float64(len(data)) / 1e6
 	return moved / fetchTime.Seconds(), moved / rawTime.Seconds(), nil
 }
 

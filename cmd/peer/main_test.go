@@ -195,8 +195,10 @@ func TestRaiseProcs(t *testing.T) {
 // Each throughput transfer goes first in as many rounds as the other.
 func TestBenchRoundsAreEven(t *testing.T) {
 	for name, s := range map[string]benchSizes{"full": fullSizes, "quick": quickSizes} {
-		if s.rounds < 2 || s.rounds%2 != 0 {
-			t.Errorf("%s: %d throughput rounds, want an even number", name, s.rounds)
+		for transport, n := range map[string]int{"tcp": s.rounds, "quic": s.quicRounds} {
+			if n < 2 || n%2 != 0 {
+				t.Errorf("%s, %s: %d throughput rounds, want an even number", name, transport, n)
+			}
 		}
 	}
 }
