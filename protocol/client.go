@@ -292,31 +292,44 @@ type lender interface{ AvailableBuffer() []byte }
 // receive copies the raw bytes [offset, size) from st to w.
 func (c *Client) receive(st network.Stream, w io.Writer, offset, size int64, progress Progress) (int64, error) {
 	remaining := size - offset
-	pool, gather := &c.bufs, remaining >= gatherSize
+	pool, reserve, gather := &c.bufs, c.cfg.bufferSize, remaining >= gatherSize
+	lend, _ := w.(lender)
 	if gather {
-		pool = &gatherBufs
+		// The memory reserved stands for the chunk being filled where the
+		// writer lends it, and no buffer of ours is taken unless it lends none.
+		pool, reserve = &gatherBufs, gatherSize
+	} else {
+		lend = nil // a small transfer is handed on as it arrives
 	}
-	bp := pool.Get().(*[]byte)
-	defer pool.Put(bp)
-	buf := *bp
-	if err := st.Scope().ReserveMemory(len(buf), network.ReservationPriorityAlways); err != nil {
+	if err := st.Scope().ReserveMemory(reserve, network.ReservationPriorityAlways); err != nil {
 		return 0, fmt.Errorf("reserving transfer memory: %w", err)
 	}
-	defer st.Scope().ReleaseMemory(len(buf))
+	defer st.Scope().ReleaseMemory(reserve)
+	var bp *[]byte // ours, once taken
+	defer func() {
+		if bp != nil {
+			pool.Put(bp)
+		}
+	}()
 
 	g := newStallGuard(st, c.cfg)
 	if err := g.arm(time.Now()); err != nil {
 		return 0, err
 	}
-	lend, _ := w.(lender)
 	var written int64
 	for remaining > 0 {
 		// The store hashes and writes behind what it is handed.
-		into := buf
-		if gather && lend != nil {
+		var into []byte
+		if lend != nil {
 			if free := lend.AvailableBuffer(); cap(free) > 0 {
 				into = free[:cap(free)]
 			}
+		}
+		if into == nil {
+			if bp == nil {
+				bp = pool.Get().(*[]byte)
+			}
+			into = *bp
 		}
 		want := into[:min(int64(len(into)), remaining)]
 		n, rerr := g.Read(want)
