@@ -276,9 +276,9 @@ func acceptAnswer(p peer.ID, resp *pb.Response, taken map[string]int32) (map[str
 // Measured with peer bench --only fetch on 2 cores, a 1 GiB fetch against the
 // bare stream: handing each read on, 0.86; gathered and copied in one piece,
 // 0.93 (12 interleaved pairs; the frame-sized copies had taken 0.185 CPU-s
-// per GiB); read into the chunk, 0.916 against 0.880 for the copy on another
-// day (24 interleaved pairs, 17 won), the process using 1.99 CPU-s against
-// 2.08 per GiB fetched. Reading on at once, which is what lets yamux grow the
+// per GiB); later, read into the chunk against gathered and copied, 0.916
+// against 0.880 (24 interleaved pairs, 17 won), the process using 1.99 CPU-s
+// against 2.08 per GiB fetched. Reading on at once, which is what lets yamux grow the
 // stream's window, is the same each way.
 const gatherSize = datastore.PartialChunk
 

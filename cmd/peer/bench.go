@@ -41,7 +41,7 @@ type benchResult struct {
 type benchSizes struct {
 	fetchBytes   int64
 	rounds       int // throughput rounds over TCP, each a fetch and a bare stream
-	quicRounds   int // likewise over QUIC (no target; 3× slower a round)
+	quicRounds   int // likewise over QUIC (no target; a round takes over twice as long)
 	replications int
 	smallBlobs   int
 	pending      int
