@@ -3,9 +3,12 @@ package datastore
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"unsafe"
 
 	"go.uber.org/goleak"
@@ -263,4 +266,66 @@ func TestPartialFilledInPlace(t *testing.T) {
 	if got := readBlob(t, s, ref); !bytes.Equal(got, data) {
 		t.Fatal("the blob differs from what was written")
 	}
+}
+
+// gatedHasher hashes into h, but its first Write waits until open is closed.
+type gatedHasher struct {
+	h      io.Writer
+	open   chan struct{}
+	writes int
+}
+
+func (g *gatedHasher) Write(b []byte) (int, error) {
+	if g.writes++; g.writes == 1 {
+		<-g.open
+	}
+	return g.h.Write(b)
+}
+
+// While the hasher is stuck on a chunk, the caller hands on chunksAhead
+// chunks and is then held, not allowed to fill memory; once the hasher goes
+// on, every chunk is hashed and written, in order.
+func TestAppenderHoldsTheCallerChunksAhead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "f")
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		h := NewHasher()
+		g := &gatedHasher{h: h, open: make(chan struct{})}
+		a := newAppender(f, path, 0, g)
+		data := randomBytes(t, (chunksAhead+3)*appendChunk)
+
+		var handed atomic.Int32 // chunks the caller got past
+		wrote := make(chan error, 1)
+		go func() {
+			for off := 0; off < len(data); off += appendChunk {
+				if _, err := a.Write(data[off : off+appendChunk]); err != nil {
+					wrote <- err
+					return
+				}
+				handed.Add(1)
+			}
+			wrote <- nil
+		}()
+		synctest.Wait() // every goroutine of the bubble is blocked
+		if n := handed.Load(); n != chunksAhead {
+			t.Errorf("with the hasher stuck, the caller handed on %d chunks; want %d", n, chunksAhead)
+		}
+		close(g.open)
+		if err := <-wrote; err != nil {
+			t.Fatal(err)
+		}
+		if err := a.finish(); err != nil {
+			t.Fatal(err)
+		}
+		if got := RefFromDigest([DigestSize]byte(h.Sum(nil))); got != RefOf(data) {
+			t.Errorf("hashed %v, want %v", got, RefOf(data))
+		}
+		if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, data) {
+			t.Errorf("file: %d bytes, err %v; want the %d written", len(got), err, len(data))
+		}
+	})
 }
