@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"sync/atomic"
@@ -60,7 +59,7 @@ func (b *bencher) throughput(listen string, size int64, rounds int) (fetchMBps, 
 
 	var fetchTime, rawTime time.Duration
 	for round := range rounds {
-		dst, err := b.node(listen) // a fresh receiver each round: nothing held yet
+		dst, dir, err := b.nodeDir(listen) // a fresh receiver each round: nothing held yet
 		if err != nil {
 			return 0, 0, err
 		}
@@ -98,7 +97,7 @@ func (b *bencher) throughput(listen string, size int64, rounds int) (fetchMBps, 
 		dst.Close()
 		// Like a blob store that drops what it no longer needs: a run's
 		// leftover 1 GiB files slow the next round's writes several-fold.
-		os.RemoveAll(filepath.Join(b.dir, fmt.Sprintf("node%d", b.n)))
+		os.RemoveAll(dir)
 		if err != nil {
 			return 0, 0, err
 		}
