@@ -101,12 +101,13 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	// Its nodes' directories get names of their own and are spread over the
-	// disk: on ext4 without a journal a file created where many were deleted
-	// in the last minutes costs up to 0.5 ms more, and the last run's nodes
-	// deleted 20,000 small-blob files as it ended. In fixed places, a second
-	// run straight after another replicated 1,270–1,710 small blobs/s,
-	// against 2,310–2,530 after dropping the caches; spread, 2,640–3,170.
+	// The nodes' directories made in tmp get names no run used before, and
+	// ext4 spreads them over the disk by those names: without a journal, a
+	// file created where many were deleted in the last minutes costs up to
+	// 0.5 ms more, and the last run's nodes deleted 20,000 small-blob files
+	// as it ended. In fixed places, a second run straight after another
+	// replicated 1,270–1,710 small blobs/s (2,310–2,530 after dropping the
+	// caches); spread, 2,560–3,170.
 	spreadSubdirs(tmp)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	progress := func(format string, args ...any) {
