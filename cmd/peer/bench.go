@@ -107,7 +107,7 @@ func cmdBench(ctx context.Context, args []string, e env) error {
 	// 0.5 ms more, and the last run's nodes deleted 20,000 small-blob files
 	// as it ended. In fixed places, a second run straight after another
 	// replicated 1,270–1,710 small blobs/s (2,310–2,530 after dropping the
-	// caches); spread, 2,560–3,170.
+	// caches); spread, 2,190–3,170.
 	spreadSubdirs(tmp)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	progress := func(format string, args ...any) {
