@@ -13,9 +13,11 @@ import (
 const fsTopdirFL = 0x00020000
 
 // spreadSubdirs marks dir as the top of a directory hierarchy, so that
-// ext4's allocator puts each directory made in it in a block group chosen by
-// the new name's hash, not beside dir, and the files made there with it. It
-// is best effort: a file system without the flag keeps its own placement.
+// ext4's allocator looks for a block group for each directory made in it
+// starting from the new name's hash (taking the least crowded of those with
+// more free inodes and blocks than average), not beside dir; the files made
+// there go with it. It is best effort: a file system without the flag keeps
+// its own placement.
 func spreadSubdirs(dir string) {
 	f, err := os.Open(dir)
 	if err != nil {
